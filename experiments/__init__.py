@@ -1,0 +1,1 @@
+"""Research scripts reproducing the unit scaling paper; they import unitscale and ipu_sim."""

@@ -1,0 +1,1 @@
+"""unitscale: unit scaling and exact low-precision number formats for JAX."""

@@ -1,0 +1,1 @@
+"""BERT and GPT models, standard and unit-scaled."""
