@@ -96,11 +96,16 @@ class FPFormat:
                 "quantize computes exactly in float32"
             )
         low = self._emin - self.mantissa_bits
+        top = (self._max_code >> self.mantissa_bits) - self.bias
+        if top - low > _F32_BIAS + (_F32_BIAS - 1 + _F32_MANT):  # float32: 2^-149..2^127
+            raise ValueError(
+                f"exponent_bits={self.exponent_bits} with mantissa_bits={self.mantissa_bits} "
+                f"spans 2^{low}..2^{top}, wider than float32 for any bias"
+            )
         if low < 1 - _F32_BIAS - _F32_MANT:
             raise ValueError(
                 f"bias={self.bias} puts min_subnormal at 2^{low}, below float32's 2^-149"
             )
-        top = (self._max_code >> self.mantissa_bits) - self.bias
         if top > _F32_BIAS:
             raise ValueError(
                 f"bias={self.bias} (exponent_bits={self.exponent_bits}) puts max at 2^{top}, "
