@@ -175,7 +175,8 @@ def shakespeare_text(cache_dir: str | os.PathLike | None = None) -> str:
 # braces, source tags such as ``[1913 Webster]`` and accented letters as codes such as ``[`e]``.
 _GCIDE_FIRST_ENTRY = re.compile(r"^[^\s\\][^\n\\]*\\[^\\\n]+\\", re.M)
 _GCIDE_PRONUNCIATION = re.compile(r"[ \t]*\\[^\\\n]*(?:\n[^\\\n]*)?\\")
-_GCIDE_SOURCE = re.compile(r"[ \t]*\[(?:[^\[\]\n]*(?:Webster|WordNet|PJC|Century|RDH|RHUD)[^\[\]\n]*|AS|MI\d+)\]")
+_GCIDE_BRACKET = re.compile(r"[ \t]*\[[^\[\]\n]*(?:\n[^\[\]\n]*)?\]")  # may wrap onto a second line
+_GCIDE_SOURCE = re.compile(r"(?:Webster|WordNet|PJC|Century|RDH|RHUD)|^(?:AS|MI\d+)$")
 _GCIDE_ACCENT = re.compile(r"\[([=\-'`\"^~.*,]?)([A-Za-z]{1,2})(\^?)\]")
 _GCIDE_NAMED = {"ae": "ae", "AE": "AE", "oe": "oe", "OE": "OE", "imac": "i", "aum": "a", "add": "a",
                 "asl": "a", "udd": "u", "dsdot": "d", "eth": "th", "thorn": "th", "ng": "ng", "th": "th",
@@ -195,7 +196,7 @@ def strip_gcide_markup(text: str) -> str:
     first = _GCIDE_FIRST_ENTRY.search(text)
     text = text[first.start():] if first else text
     text = _GCIDE_PRONUNCIATION.sub("", text)
-    text = _GCIDE_SOURCE.sub("", text)
+    text = _GCIDE_BRACKET.sub(lambda m: "" if _GCIDE_SOURCE.search(m.group(0).strip()[1:-1]) else m.group(0), text)
 
     def accent(m: re.Match) -> str:
         return m.group(2) if (m.group(1) or m.group(3)) else m.group(0)
@@ -228,7 +229,8 @@ def read_text(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.is_file():
         raise DataUnavailableError(f"text file {path} does not exist")
-    return path.read_text(encoding="utf-8", newline="")
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
 
 
 def wikitext(directory: str | os.PathLike) -> TextSplits:
