@@ -327,12 +327,13 @@ class CharVocab:
         return len(self.chars) + len(self.specials)
 
     def special_id(self, name: str) -> int:
+        """The id of special token ``name``."""
         if name not in self.specials:
             raise ValueError(f"name: {name!r} is not a special token of this vocab {self.specials}")
         return self.n_regular + self.specials.index(name)
 
     def encode(self, text: str) -> np.ndarray:
-        """int32 ids of ``text``, one per code point."""
+        """int32 ids of ``text``, one per code point; unknown characters become ``<unk>``."""
         points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         table = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)
         pos = np.searchsorted(table, points).clip(0, max(len(table) - 1, 0))
@@ -340,6 +341,7 @@ class CharVocab:
         return np.where(known, pos, self.special_id(UNK)).astype(np.int32)
 
     def decode(self, ids) -> str:
+        """The text of ``ids``; a special id is written as its name."""
         chars = np.array(list(self.chars), dtype=object)
         return _decode_with_specials(ids, self.n_regular, self.specials, lambda run: "".join(chars[run]))
 
@@ -366,12 +368,14 @@ class ByteVocab:
     def special_id(self, name: str) -> int:
         if name not in self.specials:
             raise ValueError(f"name: {name!r} is not a special token of this vocab {self.specials}")
-        return 256 + self.specials.index(name)
+        return self.n_regular + self.specials.index(name)
 
     def encode(self, text: str) -> np.ndarray:
+        """int32 ids of the UTF-8 bytes of ``text``."""
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
 
     def decode(self, ids) -> str:
+        """The text of ``ids`` (invalid UTF-8 becomes U+FFFD); a special id is written as its name."""
         run = lambda r: r.astype(np.uint8).tobytes().decode("utf-8", errors="replace")  # noqa: E731
         return _decode_with_specials(ids, 256, self.specials, run)
 
@@ -404,6 +408,7 @@ def save_vocab(vocab: Vocab, path: str | os.PathLike) -> Path:
 
 
 def load_vocab(path: str | os.PathLike) -> Vocab:
+    """The vocab saved by :func:`save_vocab`."""
     return vocab_from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
@@ -456,12 +461,20 @@ def _check_positive(**kwargs) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _window_starts(n_tokens: int, window: int, stride: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+def _epoch_order(n_slots: int, stride: int, seed: int, epoch: int) -> tuple[int, np.ndarray]:
+    rng = np.random.default_rng([seed, 0, epoch])
+    return int(rng.integers(stride)), rng.permutation(n_slots)
+
+
+def _window_starts(n_tokens: int, window: int, stride: int, batch_size: int, step: int, seed: int,
+                   orders: dict) -> np.ndarray:
     """Start offsets of the ``batch_size`` windows of training step ``step``.
 
     Epoch ``e`` tiles the tokens with slots ``offset_e + stride * k`` (``offset_e < stride`` random,
     so chunk boundaries move between epochs) and visits them in a random order; example
     ``g = step * batch_size + i`` is slot ``perm_e[g mod n_slots]`` of epoch ``g div n_slots``.
+    ``orders`` memoises the last two epochs' orders for the iterators: a permutation of millions of
+    slots costs far more than gathering a batch.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
@@ -471,10 +484,12 @@ def _window_starts(n_tokens: int, window: int, stride: int, batch_size: int, ste
     g = step * batch_size + np.arange(batch_size, dtype=np.int64)
     epochs, pos = g // n_slots, g % n_slots
     starts = np.empty(batch_size, dtype=np.int64)
-    for e in np.unique(epochs):
-        rng = np.random.default_rng([seed, 0, int(e)])
-        offset = rng.integers(stride)
-        perm = rng.permutation(n_slots)
+    for e in np.unique(epochs).tolist():
+        if e not in orders:
+            while len(orders) >= 2:
+                orders.pop(next(iter(orders)))
+            orders[e] = _epoch_order(n_slots, stride, seed, e)
+        offset, perm = orders[e]
         sel = epochs == e
         starts[sel] = offset + stride * perm[pos[sel]]
     return starts
@@ -482,18 +497,21 @@ def _window_starts(n_tokens: int, window: int, stride: int, batch_size: int, ste
 
 def lm_batch(tokens, step: int, *, batch_size: int, seq_len: int, seed: int = 0) -> LMBatch:
     """Training batch ``step`` of contiguous windows of ``seq_len + 1`` tokens, a pure function of its arguments."""
-    tokens = _as_tokens(tokens)
-    _check_positive(batch_size=batch_size, seq_len=seq_len)
-    starts = _window_starts(len(tokens), seq_len + 1, seq_len, batch_size, step, seed)
-    windows = tokens[starts[:, None] + np.arange(seq_len + 1)]
-    return LMBatch(windows[:, :-1], windows[:, 1:], np.ones((batch_size, seq_len), np.int32))
+    return _lm_batch(_as_tokens(tokens), step, batch_size, seq_len, seed, orders={})
 
 
 def lm_batches(tokens, *, batch_size: int, seq_len: int, seed: int = 0, start_step: int = 0) -> Iterator[LMBatch]:
     """Endless training batches from ``start_step`` on: ``lm_batch(tokens, step, ...)`` for step = start_step, ..."""
-    tokens = _as_tokens(tokens)
+    tokens, orders = _as_tokens(tokens), {}
     for step in itertools.count(start_step):
-        yield lm_batch(tokens, step, batch_size=batch_size, seq_len=seq_len, seed=seed)
+        yield _lm_batch(tokens, step, batch_size, seq_len, seed, orders)
+
+
+def _lm_batch(tokens: np.ndarray, step: int, batch_size: int, seq_len: int, seed: int, orders: dict) -> LMBatch:
+    _check_positive(batch_size=batch_size, seq_len=seq_len)
+    starts = _window_starts(len(tokens), seq_len + 1, seq_len, batch_size, step, seed, orders)
+    windows = tokens[starts[:, None] + np.arange(seq_len + 1)]
+    return LMBatch(windows[:, :-1], windows[:, 1:], np.ones((batch_size, seq_len), np.int32))
 
 
 def lm_eval_batches(tokens, *, batch_size: int, seq_len: int, pad_id: int = 0) -> Iterator[LMBatch]:
@@ -545,13 +563,29 @@ def mlm_batch(tokens, step: int, *, vocab: Vocab, batch_size: int, seq_len: int,
     Without pairs a row is ``[CLS] x [SEP]`` with ``seq_len - 2`` contiguous tokens ``x``. With
     ``segment_pairs`` it is ``[CLS] A [SEP] B [SEP]``: A the first half of a window, B its second
     half (``is_next = 1``) or, with probability 1/2, a chunk from a random place (``is_next = 0``).
+    Masking follows :func:`_mask_tokens` (BERT's 80/10/10 rule).
     """
-    tokens = _as_tokens(tokens)
+    return _mlm_batch(_as_tokens(tokens), step, {}, vocab=vocab, batch_size=batch_size, seq_len=seq_len, seed=seed,
+                      mask_prob=mask_prob, ignore_index=ignore_index, segment_pairs=segment_pairs)
+
+
+def mlm_batches(tokens, *, vocab: Vocab, batch_size: int, seq_len: int, seed: int = 0, start_step: int = 0,
+                mask_prob: float = 0.15, ignore_index: int = IGNORE_INDEX,
+                segment_pairs: bool = False) -> Iterator[MLMBatch]:
+    """Endless ``mlm_batch(tokens, step, ...)`` for step = start_step, start_step + 1, ..."""
+    tokens, orders = _as_tokens(tokens), {}
+    for step in itertools.count(start_step):
+        yield _mlm_batch(tokens, step, orders, vocab=vocab, batch_size=batch_size, seq_len=seq_len, seed=seed,
+                         mask_prob=mask_prob, ignore_index=ignore_index, segment_pairs=segment_pairs)
+
+
+def _mlm_batch(tokens: np.ndarray, step: int, orders: dict, *, vocab: Vocab, batch_size: int, seq_len: int,
+               seed: int, mask_prob: float, ignore_index: int, segment_pairs: bool) -> MLMBatch:
     _check_positive(batch_size=batch_size, seq_len=seq_len)
     _check_mlm_args(vocab, seq_len, mask_prob, 5 if segment_pairs else 3)
     cls, sep = vocab.special_id(CLS), vocab.special_id(SEP)
     body = seq_len - (3 if segment_pairs else 2)
-    starts = _window_starts(len(tokens), body, body, batch_size, step, seed)
+    starts = _window_starts(len(tokens), body, body, batch_size, step, seed, orders)
     rows = tokens[starts[:, None] + np.arange(body)]
     rng = np.random.default_rng([seed, 1, step])
     col = lambda v: np.full((batch_size, 1), v, np.int32)  # noqa: E731
@@ -569,14 +603,6 @@ def mlm_batch(tokens, step: int, *, vocab: Vocab, batch_size: int, seq_len: int,
         token_types = np.zeros((batch_size, seq_len), np.int32)
     masked, labels = _mask_tokens(inputs, rng, vocab, mask_prob, ignore_index)
     return MLMBatch(masked, labels, token_types, np.ones((batch_size, seq_len), np.int32), is_next)
-
-
-def mlm_batches(tokens, *, vocab: Vocab, batch_size: int, seq_len: int, seed: int = 0, start_step: int = 0,
-                **kwargs) -> Iterator[MLMBatch]:
-    """Endless ``mlm_batch(tokens, step, ...)`` for step = start_step, start_step + 1, ..."""
-    tokens = _as_tokens(tokens)
-    for step in itertools.count(start_step):
-        yield mlm_batch(tokens, step, vocab=vocab, batch_size=batch_size, seq_len=seq_len, seed=seed, **kwargs)
 
 
 def mlm_eval_batches(tokens, *, vocab: Vocab, batch_size: int, seq_len: int, seed: int = 0,

@@ -252,29 +252,45 @@ def run_sweep(spec: Spec, run_fn: RunFn, out_dir: str | Path, *, workers: int = 
 def _run_parallel(todo: list[Run], run_fn: RunFn, out_dir: Path, metadata: dict, workers: int,
                   progress: _Progress, outcomes: dict[str, str]) -> None:
     """At most ``workers`` runs in flight, each in a fresh spawned process. If a worker dies (killed,
-    out of memory), the runs then in flight are recorded as failed and a new pool takes the rest."""
+    out of memory), the runs then in flight without a result are recorded as failed and a new pool
+    takes the rest."""
     queue = list(reversed(todo))
     context = multiprocessing.get_context("spawn")
     while queue:
         with cf.ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
             in_flight: dict[cf.Future, Run] = {}
             broken = False
-            while (queue or in_flight) and not broken:
-                while queue and len(in_flight) < workers:
+            while queue or in_flight:
+                while queue and len(in_flight) < workers and not broken:
                     run = queue.pop()
-                    in_flight[pool.submit(_execute, run_fn, run, out_dir / run.name, metadata)] = run
-                finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+                    try:
+                        in_flight[pool.submit(_execute, run_fn, run, out_dir / run.name, metadata)] = run
+                    except cf.process.BrokenProcessPool:
+                        queue.append(run)
+                        broken = True
+                finished, _ = cf.wait(in_flight, return_when=cf.ALL_COMPLETED if broken else cf.FIRST_COMPLETED)
                 for future in finished:
                     run = in_flight.pop(future)
-                    try:
-                        status, seconds, error = future.result()
-                    except cf.process.BrokenProcessPool:
-                        broken = True
-                        status, seconds, error = "failed", 0.0, "worker process died"
-                        write_text(out_dir / run.name / ERROR_FILE, "the worker process running this run died "
-                                   "(killed, out of memory or crashed)\n")
+                    status, seconds, error = _outcome(future, out_dir / run.name)
+                    broken |= error == _DIED
                     outcomes[run.name] = status
                     progress.update(run.name, status, seconds, error)
+                if broken and not in_flight:
+                    break
+
+
+_DIED = "worker process died"
+
+
+def _outcome(future: cf.Future, run_dir: Path) -> tuple[str, float, str]:
+    try:
+        return future.result()
+    except cf.process.BrokenProcessPool:
+        if (run_dir / RESULT_FILE).exists():  # it finished before another worker took the pool down
+            return "done", read_json(run_dir / RESULT_FILE).get("seconds", 0.0), ""
+        write_text(run_dir / ERROR_FILE, f"{_DIED} while this run was in flight (killed, out of memory or "
+                                         f"crashed; possibly another run in the same pool)\n")
+        return "failed", 0.0, _DIED
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,8 +345,19 @@ def summarise(out_dir: str | Path, csv_path: str | Path | None = None) -> list[d
 # CLI
 # ----------------------------------------------------------------------------------------------
 
+_EPILOG = """example spec.toml (lists are grid axes, other values fixed):
+    lr = [1e-3, 3e-4]
+    width = [128, 256]
+    steps = 1000
+
+  python -m experiments.sweep run spec.toml --fn my_experiment:run --out runs/lr_width --workers 2
+  python -m experiments.sweep summarise runs/lr_width
+Kill it at any time and run the same command again: finished runs are kept and skipped."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0],
+                                     epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) a sweep")
     run.add_argument("spec", type=Path, help="spec file (.toml or .json)")
