@@ -383,3 +383,13 @@ def test_mlm_requires_special_tokens():
         data.mlm_batch(np.arange(100) % 3, 0, vocab=data.build_char_vocab("abc"), batch_size=2, seq_len=8)
     with pytest.raises(ValueError, match="mask_prob"):
         data.mlm_batch(np.arange(100), 0, vocab=WIDE, batch_size=2, seq_len=8, mask_prob=1.5)
+
+
+def test_tiny_corpus_end_to_end():
+    splits = data.load_corpus(TINY)
+    vocab = data.build_char_vocab(splits.train)
+    train, valid = vocab.encode(splits.train), vocab.encode(splits.validation)
+    assert vocab.decode(train) == splits.train
+    batch = data.lm_batch(train, 0, batch_size=4, seq_len=32, seed=0)
+    assert all(vocab.decode(row) in splits.train for row in batch.inputs)
+    assert sum(int(b.mask.sum()) for b in data.lm_eval_batches(valid, batch_size=4, seq_len=32)) == len(valid) - 1
