@@ -1,0 +1,149 @@
+"""Tracing: ops, shapes, dtypes, FLOPs and bytes from the jaxpr, through calls and control flow."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ipu_sim import trace
+from ipu_sim.trace import MATMUL
+
+F32, F16 = jnp.float32, jnp.float16
+
+
+def sds(*shape, dtype=F32):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def matmuls(program):
+    return [op.detail for op in program.ops if op.kind == MATMUL]
+
+
+def test_dot_general_dims_flops_and_bytes():
+    p = trace(lambda a, b: jnp.einsum("bqd,bkd->bqk", a, b), sds(3, 5, 7), sds(3, 11, 7))
+    (op,) = [op for op in p.ops if op.kind == MATMUL]
+    d = op.detail
+    assert (d.batch, d.m, d.k, d.n) == (3, 5, 7, 11)
+    assert op.flops == 2 * 3 * 5 * 7 * 11 == p.flops
+    assert op.bytes_in == 4 * (3 * 5 * 7 + 3 * 11 * 7)
+    assert op.bytes_out == 4 * 3 * 5 * 11
+
+
+def test_activation_matmul_folds_leading_dims_into_rows():
+    (d,) = matmuls(trace(lambda x, w: x @ w, sds(4, 6, 8), sds(8, 10)))
+    assert (d.batch, d.m, d.k, d.n) == (1, 24, 8, 10)
+
+
+def test_partials_follow_preferred_element_type_else_output_dtype():
+    a, b = sds(8, 8, dtype=F16), sds(8, 8, dtype=F16)
+    (d,) = matmuls(trace(lambda a, b: a @ b, a, b))
+    assert (d.inputs, d.partials) == ("fp16", "fp16")
+    (d,) = matmuls(trace(lambda a, b: jnp.matmul(a, b, preferred_element_type=F32), a, b))
+    assert (d.inputs, d.partials) == ("fp16", "fp32")
+    (d,) = matmuls(trace(lambda a, b: a @ b, a, sds(8, 8)))
+    assert d.inputs == "fp32"
+
+
+@pytest.mark.parametrize("fn, expected", [
+    (lambda a, b: jnp.matmul(a, b, preferred_element_type=F32), "fp8"),
+    (lambda a, b: a.astype(F16) @ b.astype(F16), "fp8"),
+    (lambda a, b: (a.astype(F16) * 0.5) @ b.astype(jnp.bfloat16).T.T.astype(F16), "fp8"),
+    (lambda a, b: (a.astype(F16) + 1.0) @ b.astype(F16), "fp16"),
+    (lambda a, b: a.astype(F16) @ jnp.ones((16, 4), F16), "fp16"),
+])
+def test_fp8_rule(fn, expected):
+    a, b = sds(8, 16, dtype=jnp.float8_e4m3fn), sds(16, 4, dtype=jnp.float8_e5m2)
+    (d,) = matmuls(trace(fn, a, b))
+    assert d.inputs == expected
+    assert d.lhs_itemsize == (1 if expected == "fp8" else 2)
+
+
+def test_nested_jit_custom_jvp_and_custom_vjp_are_inlined():
+    @jax.custom_vjp
+    def double(x):
+        return 2 * x
+
+    double.defvjp(lambda x: (2 * x, None), lambda _, g: (2 * g,))
+    fn = jax.jit(lambda x: double(jax.nn.relu(jax.jit(jnp.tanh)(x))))
+    names = [op.primitive for op in trace(fn, sds(4)).ops]
+    assert names == ["tanh", "max", "mul"]
+
+
+def test_remat_is_recomputed_in_the_backward_pass():
+    f = lambda x: jnp.sin(jnp.sin(x)).sum()  # noqa: E731
+    plain = trace(jax.grad(f), sds(3))
+    remat = trace(jax.grad(jax.checkpoint(f)), sds(3))
+    count = lambda p: sum(op.primitive == "sin" for op in p.ops)  # noqa: E731
+    # sin(sin(x))' = cos(sin(x)) cos(x): the inner sin is recomputed in the backward pass.
+    assert count(remat) == count(plain) + 1
+    assert any("rematted_computation" in op.path for op in remat.ops if op.primitive == "sin")
+
+
+def test_scan_multiplies_counts_and_slices_its_operands():
+    def body(c, x):
+        return c @ x, jnp.sin(c)
+
+    p = trace(lambda c, xs: jax.lax.scan(body, c, xs), sds(8, 8), sds(5, 8, 8))
+    counts = {op.primitive: op.count for op in p.ops}
+    assert counts == {"scan_buffer": 1, "dynamic_slice": 5, "dot_general": 5, "sin": 5,
+                      "dynamic_update_slice": 5}
+    assert p.flops == 5 * (2 * 8 ** 3 + 8 * 8)
+
+
+def test_nested_scans_multiply():
+    inner = lambda c, _: (jnp.cos(c), None)  # noqa: E731
+    outer = lambda c, _: (jax.lax.scan(inner, c, None, length=3)[0], None)  # noqa: E731
+    p = trace(lambda c: jax.lax.scan(outer, c, None, length=4)[0], sds(2))
+    (cos,) = [op for op in p.ops if op.primitive == "cos"]
+    assert cos.count == 12 and len(cos.loops) == 2
+
+
+def test_while_with_static_bounds_is_counted():
+    fn = lambda x: jax.lax.while_loop(lambda c: c[0] < 10, lambda c: (c[0] + 3, c[1] * 2), (0, x))
+    p = trace(fn, sds(3))
+    (mul,) = [op for op in p.ops if op.primitive == "mul"]
+    (lt,) = [op for op in p.ops if op.primitive == "lt"]
+    assert (mul.count, lt.count) == (4, 5)
+
+
+def test_while_without_trip_count_names_the_loop():
+    fn = lambda x, n: jax.lax.fori_loop(0, n, lambda i, c: c * 2, x)  # noqa: E731
+    with pytest.raises(ValueError, match=r"while_loop at test_trace.py:\d+ .*while_trip_counts"):
+        trace(fn, sds(3), 4)
+    p = trace(fn, sds(3), 4, while_trip_counts=7)
+    assert [op.count for op in p.ops if op.primitive == "mul"] == [7]
+    key = f"test_trace.py:{fn.__code__.co_firstlineno}"
+    p = trace(fn, sds(3), 4, while_trip_counts={key: 9})
+    assert [op.count for op in p.ops if op.primitive == "mul"] == [9]
+
+
+def test_cond_keeps_the_costlier_branch_or_all():
+    fn = lambda p, x: jax.lax.cond(p, lambda x: x @ x, jnp.sin, x)  # noqa: E731
+    kept = {op.primitive for op in trace(fn, True, sds(4, 4)).ops}
+    assert "dot_general" in kept and "sin" not in kept
+    both = {op.primitive for op in trace(fn, True, sds(4, 4), cond="all").ops}
+    assert {"dot_general", "sin"} <= both
+
+
+def test_unsupported_primitive_is_named():
+    fn = lambda x: jax.lax.reduce_window(x, 0.0, jax.lax.add, (2,), (2,), "VALID")  # noqa: E731
+    with pytest.raises(ValueError, match="unsupported primitive 'reduce_window_sum' at test_trace"):
+        trace(fn, sds(4))
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="cond must be"):
+        trace(jnp.sin, sds(3), cond="min")
+    with pytest.raises(ValueError, match="while_trip_counts"):
+        trace(jnp.sin, sds(3), while_trip_counts=-1)
+
+
+def test_unsupported_matmul_dtype_is_named():
+    with pytest.raises(ValueError, match="dot_general at .* lhs has dtype int32"):
+        trace(lambda a, b: a @ b, sds(4, 4, dtype=jnp.int32), sds(4, 4, dtype=jnp.int32))
+
+
+def test_stage_cuts_a_subprogram_with_its_boundary_values():
+    p = trace(lambda x: jnp.cos(jnp.sin(x) * 2), sds(8))
+    first, rest = p.stage([0]), p.stage(range(1, len(p.ops)))
+    assert first.inputs == p.inputs and first.outputs == p.ops[0].outputs
+    assert rest.inputs == p.ops[0].outputs and rest.outputs == p.outputs
