@@ -310,45 +310,59 @@ def _check_input(x: jax.Array, fmt: FPFormat) -> None:
         )
 
 
+def _u32(value) -> jax.Array:
+    return jnp.asarray(value, jnp.uint32)
+
+
 def _round_magnitude(a: jax.Array, fmt: FPFormat, random: jax.Array | None) -> jax.Array:
     """Round float32 magnitude bits ``a`` onto fmt's grid; the result may exceed fmt.max.
 
-    A value with float32 exponent E keeps 23 - m mantissa bits less than float32 in fmt's normal
-    range and ``shift`` = 23 - m + (emin - E) fewer below it, so rounding drops the low ``shift``
-    bits and lets the carry run into the exponent. At shift >= 24 (|x| < min_subnormal) the
-    result is 0 or min_subnormal.
+    Where |x| has float32 exponent E, fmt keeps ``shift`` = 23 - m + max(0, emin - E) fewer
+    mantissa bits than float32, so rounding drops the low ``shift`` bits of ``a`` and lets the
+    carry run into the exponent. At shift >= 24 (|x| < min_subnormal) the result is 0 or
+    min_subnormal.
     """
-    m, emin = fmt.mantissa_bits, fmt._emin
-    u32 = lambda v: jnp.asarray(v, jnp.uint32)  # noqa: E731
+    m = fmt.mantissa_bits
     exp_field = (a >> 23).astype(jnp.int32)
-    shift = jnp.maximum(23 - m, 23 - m + emin + _F32_BIAS - jnp.maximum(exp_field, 1))
+    shift = jnp.maximum(23 - m, 23 - m + fmt._emin + _F32_BIAS - jnp.maximum(exp_field, 1))
     shift = jnp.minimum(shift, 63).astype(jnp.uint32)
-    sig = (a & 0x7FFFFF) | jnp.where(exp_field > 0, u32(1 << 23), u32(0))
-    mask = (u32(1) << jnp.minimum(shift, u32(24))) - 1
-    dropped = sig & mask
-    step_bits = u32(np.float32(fmt.min_subnormal).view(np.uint32))
+    significand = (a & 0x7FFFFF) | jnp.where(exp_field > 0, _u32(1 << 23), _u32(0))
+    mask = (_u32(1) << jnp.minimum(shift, _u32(24))) - 1
+    dropped = significand & mask
     if random is None:
-        half = (mask >> 1) + 1
-        # At shift 23 bit 23 is float32's exponent bit, not the code's last bit; fmt's code
-        # parity there is that of E + bias + m + 1 (derived for both sides of emin).
-        parity = (exp_field.astype(jnp.uint32) + u32((fmt.bias + m + 1) % 2)) & 1
-        last = jnp.where(shift == 23, parity, (a >> jnp.minimum(shift, u32(31))) & 1)
-        up = (dropped > half) | ((dropped == half) & (last == 1))
-        half_step = np.float32(fmt.min_subnormal / 2).view(np.uint32)
-        up_tiny = a > u32(half_step)
+        up, up_tiny = _nearest_goes_up(a, fmt, shift, mask, dropped)
     else:
-        # P(up) = dropped / 2^shift exactly: compare 32 uniform bits against it scaled to 2^32.
-        below = jnp.minimum(shift, u32(32))
-        threshold = jnp.where(
-            shift <= 32,
-            dropped << jnp.minimum(u32(32) - below, u32(31)),  # dropped == 0 at shift 0
-            sig >> jnp.minimum(shift - 32, u32(31)),
-        )
-        up = random < threshold
-        up_tiny = up
-    rounded = (a - dropped) + (up.astype(jnp.uint32) << jnp.minimum(shift, u32(31)))
-    tiny = jnp.where(up_tiny, step_bits, u32(0))
-    return jnp.where(shift >= 24, tiny, rounded)
+        up = up_tiny = _stochastic_goes_up(random, shift, significand, dropped)
+    rounded = (a - dropped) + (up.astype(jnp.uint32) << jnp.minimum(shift, _u32(31)))
+    step = np.float32(fmt.min_subnormal).view(np.uint32)
+    return jnp.where(shift >= 24, jnp.where(up_tiny, step, _u32(0)), rounded)
+
+
+def _nearest_goes_up(a, fmt, shift, mask, dropped) -> tuple[jax.Array, jax.Array]:
+    """Round half to even: up past half, or at half when the kept code is odd."""
+    half = (mask >> 1) + 1
+    # At shift 23 bit 23 of ``a`` is float32's exponent bit, not the code's last bit; fmt's code
+    # parity there is that of E + bias + m + 1 (the same on both sides of emin).
+    exponent = (a >> 23) & 1
+    parity = (exponent + (fmt.bias + fmt.mantissa_bits + 1) % 2) & 1
+    last = jnp.where(shift == 23, parity, (a >> jnp.minimum(shift, _u32(31))) & 1)
+    up = (dropped > half) | ((dropped == half) & (last == 1))
+    up_tiny = a > np.float32(fmt.min_subnormal / 2).view(np.uint32)  # tie goes to 0, even
+    return up, up_tiny
+
+
+def _stochastic_goes_up(random, shift, significand, dropped) -> jax.Array:
+    """Up with probability dropped / 2^shift: 32 uniform bits against it scaled by 2^32.
+
+    Exact for shift <= 32; beyond (|x| < 2^-9 min_subnormal) the threshold is truncated.
+    """
+    kept = jnp.minimum(shift, _u32(32))
+    threshold = jnp.where(
+        shift <= 32,
+        dropped << jnp.minimum(_u32(32) - kept, _u32(31)),  # dropped == 0 at shift 0
+        significand >> jnp.minimum(shift - 32, _u32(31)),
+    )
+    return random < threshold
 
 
 def _quantize_f32(x: jax.Array, fmt: FPFormat, random: jax.Array | None, saturate: bool):
@@ -382,7 +396,7 @@ def quantize(
     rounding="stochastic": round to one of the two neighbouring grid points, up with probability
     (x - lo) / (hi - lo), so E[q(x)] = x inside the range. Uses 32 random bits per element from
     ``key`` (required); the probability is exact (a multiple of 2^-32) except for
-    |x| < 2^-8 min_subnormal, where it is truncated to a multiple of 2^-32.
+    |x| < 2^-9 min_subnormal, where it is truncated to a multiple of 2^-32.
 
     saturate=True clips to +-max (also +-inf); saturate=False gives fmt's own overflow: +-inf for
     "ieee", NaN for "fn"/"fnuz"; "none" formats always saturate. Overflow means rounding
@@ -391,7 +405,8 @@ def quantize(
     Computed exactly with float32 bit arithmetic. bfloat16/float16 inputs must be able to hold
     every value of fmt (e.g. FP16 on bfloat16 raises ValueError: 65504 is no bfloat16); quantize
     ``x.astype(jnp.float32)`` in that case. Jittable and vmappable; fmt, rounding, saturate
-    are static.
+    are static. Its derivative is zero almost everywhere (a step function): for gradients use
+    ``quantize_fwd`` (straight-through) or ``quantize_bwd``.
     """
     x = jnp.asarray(x)
     _check_input(x, fmt)
@@ -447,7 +462,6 @@ def _quantize_bwd(x, fmt, rounding, saturate, key):
 
 
 def _quantize_bwd_fwd(x, fmt, rounding, saturate, key):
-    _check_input(jnp.asarray(x), fmt)
     return x, key
 
 
@@ -472,6 +486,8 @@ def quantize_bwd(
     only there; give it a key no forward quantisation uses (e.g. from ``jax.random.split``).
     """
     _check_rounding_key(rounding, key)
+    x = jnp.asarray(x)
+    _check_input(x, fmt)  # here, not in the backward pass, so mistakes surface at the call
     return _quantize_bwd(x, fmt, rounding, saturate, key)
 
 

@@ -225,6 +225,9 @@ def test_integer_and_wide_inputs_are_type_errors():
         quantize(jnp.ones(4, jnp.float8_e4m3fn), E4M3)
     with pytest.raises(TypeError, match="x must be a floating-point array"):
         cast(jnp.arange(4), E4M3)
+    for straight_through in (quantize_fwd, quantize_bwd):
+        with pytest.raises(TypeError, match="got dtype int32"):
+            straight_through(jnp.arange(4), E4M3)
 
 
 def test_formats_a_16_bit_input_cannot_hold_are_rejected():
