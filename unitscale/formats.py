@@ -200,14 +200,15 @@ def _check_int(name: str, value: object, minimum: int | None = None) -> None:
 
 # --- ml_dtypes correspondence ---------------------------------------------------------------
 
+_DTYPE_NAMES = (
+    "float32", "float16", "bfloat16",
+    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+    "float8_e4m3b11fnuz", "float8_e4m3", "float8_e3m4",
+    "float6_e3m2fn", "float6_e2m3fn", "float4_e2m1fn",
+)  # fmt: skip
 _CANDIDATE_DTYPES = tuple(
     np.dtype(getattr(ml_dtypes, n, None) or getattr(np, n))
-    for n in (
-        "float32", "float16", "bfloat16",
-        "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
-        "float8_e4m3b11fnuz", "float8_e4m3", "float8_e3m4",
-        "float6_e3m2fn", "float6_e2m3fn", "float4_e2m1fn",
-    )
+    for n in _DTYPE_NAMES
     if hasattr(ml_dtypes, n) or hasattr(np, n)
 )
 
@@ -505,9 +506,10 @@ def cast(x: jax.Array, fmt: FPFormat, *, saturate: bool = True) -> jax.Array:
     """``x`` as an array of ``fmt.dtype`` (round to nearest even), e.g. float8_e4m3fn.
 
     saturate=True clips to +-max first (ml_dtypes' fn/fnuz casts turn overflow into NaN);
-    saturate=False keeps the dtype's own overflow (inf or NaN). "none" dtypes always saturate and
-    turn NaN into a zero (its sign differs between XLA and ml_dtypes; ``quantize`` keeps NaN). Raises ValueError when fmt has
-    no dtype or JAX's backend cannot hold it (float6 on CPU): use ``quantize`` to simulate it.
+    saturate=False keeps the dtype's own overflow (inf or NaN). "none" dtypes always saturate
+    and turn NaN into a zero (its sign differs between XLA and ml_dtypes; ``quantize`` keeps
+    NaN). Raises ValueError when fmt has no dtype or JAX's backend cannot hold it (float6 on
+    CPU): use ``quantize`` to simulate those.
     """
     if not isinstance(fmt, FPFormat):
         raise TypeError(f"fmt must be an FPFormat, got {type(fmt).__name__}")

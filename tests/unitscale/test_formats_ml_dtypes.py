@@ -1,4 +1,5 @@
-"""Nearest rounding and ``cast`` equal ml_dtypes' casts bit for bit wherever ml_dtypes has the format.
+"""Nearest rounding and ``cast`` equal ml_dtypes' casts bit for bit wherever ml_dtypes has the
+format.
 
 Inputs: every float16 and every bfloat16 bit pattern, every grid point, midpoint (tie) and their
 float32 neighbours for each format, random float32 bit patterns, and hypothesis-drawn arrays.
@@ -51,9 +52,8 @@ def assert_matches_ml_dtypes(x: np.ndarray, name: str, saturate: bool) -> None:
         assert np.isnan(got[nan].astype(np.float32)).all()
         ok |= nan
     bad = np.flatnonzero(~ok)
-    assert bad.size == 0, (
-        f"{bad.size} mismatches, e.g. x={x[bad[:4]]} quantize={got[bad[:4]]} ml_dtypes={want[bad[:4]]}"
-    )
+    first = bad[:4]
+    assert bad.size == 0, f"{bad.size} mismatches: x={x[first]} {got[first]} vs {want[first]}"
 
 
 @functools.cache

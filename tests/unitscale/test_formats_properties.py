@@ -56,9 +56,13 @@ def format_and_array(draw, size=128):
             elements=st.integers(int(np.log2(fmt.min_subnormal)) - 2, int(np.log2(fmt.max)) + 1),
         )
     )
-    specials = draw(hnp.arrays(np.float32, 4, elements=st.sampled_from([np.inf, -np.inf, np.nan, -0.0])))
+    specials = draw(
+        hnp.arrays(np.float32, 4, elements=st.sampled_from([np.inf, -np.inf, np.nan, -0.0]))
+    )
     with np.errstate(over="ignore"):
-        x = np.concatenate([unit * np.exp2(octaves.astype(np.float64)), specials]).astype(DTYPES[dtype])
+        x = np.concatenate([unit * np.exp2(octaves.astype(np.float64)), specials]).astype(
+            DTYPES[dtype]
+        )
     return fmt, x
 
 
@@ -133,7 +137,14 @@ def test_saturation_clips_to_max(case):
 
 @pytest.mark.parametrize(
     "fmt, overflow",
-    [(E5M2, np.inf), (FP16, np.inf), (E4M3, np.nan), (E4M3_FNUZ, np.nan), (E5M2_FNUZ, np.nan), (E2M1, 6.0)],
+    [
+        (E5M2, np.inf),
+        (FP16, np.inf),
+        (E4M3, np.nan),
+        (E4M3_FNUZ, np.nan),
+        (E5M2_FNUZ, np.nan),
+        (E2M1, 6.0),
+    ],
     ids=str,
 )
 def test_overflow_without_saturation_follows_the_convention(fmt, overflow):

@@ -59,7 +59,7 @@ def same_bits(a, b) -> np.ndarray:
 
 
 def probes(fmt: FPFormat) -> np.ndarray:
-    """Grid points, midpoints (ties), their float32 neighbours, beyond-max and tiny values, specials."""
+    """Grid points, midpoints (ties), their float32 neighbours, beyond-max, tiny, specials."""
     grid, beyond = grid_of(fmt)
     ext = np.append(grid, beyond)
     base = np.concatenate([ext, (ext[1:] + ext[:-1]) / 2, [ext[1] / 2**40, 3 * beyond]])
@@ -120,9 +120,13 @@ def test_nearest_equals_brute_force_reference(fmt, dtype, saturate, unit, octave
 def test_every_code_round_trips_and_nothing_leaves_the_grid(fmt):
     grid, _ = grid_of(fmt)
     x = np.concatenate([grid, -grid]).astype(np.float32)
-    assert same_bits(quantize(x, fmt), np.where(x == 0, 0.0 if fmt.specials == "fnuz" else x, x)).all()
+    assert same_bits(
+        quantize(x, fmt), np.where(x == 0, 0.0 if fmt.specials == "fnuz" else x, x)
+    ).all()
     rng = np.random.default_rng(0)
-    spread = rng.uniform(-1, 1, 1 << 14) * np.exp2(rng.uniform(np.log2(grid[1]) - 2, np.log2(fmt.max) + 2, 1 << 14))
+    spread = rng.uniform(-1, 1, 1 << 14) * np.exp2(
+        rng.uniform(np.log2(grid[1]) - 2, np.log2(fmt.max) + 2, 1 << 14)
+    )
     outputs = np.abs(np.asarray(quantize(spread.astype(np.float32), fmt)))
     assert np.isin(outputs, grid).all()
     assert len(np.unique(outputs)) > len(grid) // 2  # the inputs did cover the range
@@ -136,14 +140,16 @@ def test_pytorch_reference_e2m1_grid_and_stochastic_fact():
         0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
     ]  # fmt: skip
     n = 20000
-    q = np.asarray(quantize(jnp.full((n,), -1.35), fmt, rounding="stochastic", key=jax.random.key(0)))
+    q = np.asarray(
+        quantize(jnp.full((n,), -1.35), fmt, rounding="stochastic", key=jax.random.key(0))
+    )
     assert set(np.unique(q).tolist()) == {-1.5, -1.0}
     p = np.float64(np.float32(1.35) - 1) / 0.5  # 0.7 up to float32's representation of 1.35
     assert abs(np.mean(q == -1.5) - p) <= 5 * np.sqrt(p * (1 - p) / n)
 
 
 def neighbours(x: np.ndarray, fmt: FPFormat) -> tuple[np.ndarray, np.ndarray]:
-    """Signed grid points lo, hi with |lo| <= |x| <= |hi| (hi = the first value past max above it)."""
+    """Signed grid points lo, hi with |lo| <= |x| <= |hi|; past max, hi is the value beyond."""
     grid, beyond = grid_of(fmt)
     ext = np.append(grid, beyond)
     a = np.abs(x.astype(np.float64))
