@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from ipu_sim.trace import ELEMENTWISE, REDUCE, VIEW, Op, Program, Value
 
-_RESHAPES = frozenset({"reshape", "squeeze", "expand_dims"})
+_RESHAPES = frozenset({"reshape", "squeeze", "expand_dims", "bitcast_convert_type"})
 
 
 def fuse(program: Program) -> Program:

@@ -67,7 +67,7 @@ class Chip:
         _check_precision("partials", partials, ("fp32", "fp16"))
         if inputs == "fp32":
             return self._rate("fp32", "fp32")
-        if inputs == "fp8" and self._has("fp8"):
+        if inputs == "fp8" and self.supports("fp8"):
             return max(r.flops_per_cycle for r in self.amp if r.inputs == "fp8")
         rates = {r.partials: r.flops_per_cycle for r in self.amp if r.inputs == "fp16"}
         if partials == "fp16" and "fp16" in rates:
@@ -85,7 +85,8 @@ class Chip:
     def seconds(self, cycles: float) -> float:
         return cycles / self.clock_hz
 
-    def _has(self, inputs: str) -> bool:
+    def supports(self, inputs: str) -> bool:
+        """Whether the AMP has a mode for ``inputs`` ("fp32", "fp16", "fp8")."""
         return any(r.inputs == inputs for r in self.amp)
 
     def _rate(self, inputs: str, partials: str) -> int:

@@ -70,6 +70,7 @@ def _candidates(tiles: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _grid(tiles: int, batched: bool) -> tuple[np.ndarray, ...]:
+    """All candidate (batch, m, k, n) splits using at most ``tiles`` tiles (read-only arrays)."""
     c = _candidates(tiles)
     ms, ks, ns = (g.ravel() for g in np.meshgrid(c, c, c, indexing="ij"))
     keep = ms * ks * ns <= tiles
@@ -78,17 +79,16 @@ def _grid(tiles: int, batched: bool) -> tuple[np.ndarray, ...]:
     for b in (c if batched else c[:1]):
         fit = b * ms * ks * ns <= tiles
         parts.append((np.full(int(fit.sum()), b), ms[fit], ks[fit], ns[fit]))
-    return tuple(np.concatenate(x) for x in zip(*parts))
+    grid = tuple(np.concatenate(x) for x in zip(*parts))
+    for g in grid:
+        g.flags.writeable = False
+    return grid
 
 
 def plan_matmul(dims: MatmulDims, chip: Chip, params: ModelParams, budget_bytes: int,
                 lhs_local: bool = False, rhs_local: bool = False) -> MatmulPlan:
     """The fastest plan for ``dims`` whose temporaries fit ``budget_bytes`` per tile."""
-    return _plan(dims, chip, params, int(budget_bytes), bool(lhs_local), bool(rhs_local))
-
-
-@functools.lru_cache(maxsize=4096)
-def _plan(dims, chip, params, budget, lhs_local, rhs_local) -> MatmulPlan:
+    budget, lhs_local, rhs_local = int(budget_bytes), bool(lhs_local), bool(rhs_local)
     options = [_best(dims, chip, params, budget, lhs_local, rhs_local, transposed=False)]
     flipped = MatmulDims(dims.batch, dims.n, dims.k, dims.m, dims.inputs, dims.partials,
                          dims.rhs_itemsize, dims.lhs_itemsize, dims.out_itemsize)
@@ -133,7 +133,8 @@ def _phase_costs(d, chip, params, ms, ks, ns, bb, mb, kb, nb, sp, so, lhs_local,
     frac_b = (ms - 1) / ms if rhs_local else 1.0
     a_in = np.ceil(bb * mb * kb * d.lhs_itemsize * frac_a).astype(np.int64)
     b_in = np.ceil(bb * kb * nb * d.rhs_itemsize * frac_b).astype(np.int64)
-    in_size = 1 if d.inputs == "fp8" else 4 if d.inputs == "fp32" else 2
+    # FP8 operands move as bytes; a chip without an FP8 AMP widens them to fp16 on the tile.
+    in_size = 1 if d.inputs == "fp8" and chip.supports("fp8") else 4 if d.inputs == "fp32" else 2
     rate = chip.amp_flops_per_cycle(d.inputs, d.partials)
     amp = bb * amp_cycles(mb, kb, nb, in_size, rate, chip, params)
     red_bytes = ceil_div(bb * mb * nb * sp * (ks - 1), ks)

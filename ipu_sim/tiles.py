@@ -97,6 +97,7 @@ class _Mapper:
         self.storage = {v.id: v.nbytes for v in program.inputs + program.constants}
         self.layouts: dict[int, Layout] = {}
         self._mappings = itertools.count()
+        self._plans: dict[tuple, MatmulPlan] = {}  # shapes repeat across layers: plan each once
         for k, v in enumerate(program.inputs + program.constants):
             self.layouts[v.id] = self.fresh(v.nbytes, -1 - k)
 
@@ -145,6 +146,11 @@ class _Mapper:
 
     # -- per kind ------------------------------------------------------------------------------------
     def map(self, op: Op) -> OpMapping:
+        if any(v.size == 0 for v in op.inputs + op.outputs):  # empty arrays: nothing to do
+            for v in op.outputs:
+                self.layouts[v.id] = self.fresh(v.nbytes, op.index)
+                self.storage.setdefault(self.roots[v.id], v.nbytes)
+            return OpMapping(op.index, 1, op.index, (), 0, vertices=0)
         handler = {MATMUL: self.matmul, ELEMENTWISE: self.elementwise, REDUCE: self.reduce,
                    CUMULATIVE: self.cumulative, GATHER: self.gather, SCATTER: self.scatter,
                    COPY: self.copy, VIEW: self.view, RNG: self.rng, SORT: self.sort,
@@ -344,8 +350,10 @@ class _Mapper:
 
     def matmul(self, op: Op) -> OpMapping:
         lhs, rhs = op.inputs[0], op.inputs[1]
-        plan = plan_matmul(op.detail, self.chip, self.params, self.budget,
-                           self.roots[lhs.id] in self.variables, self.roots[rhs.id] in self.variables)
+        key = (op.detail, self.roots[lhs.id] in self.variables, self.roots[rhs.id] in self.variables)
+        if key not in self._plans:
+            self._plans[key] = plan_matmul(op.detail, self.chip, self.params, self.budget, *key[1:])
+        plan = self._plans[key]
         out = op.outputs[0]
         self.set_outputs(op, Layout(next(self._mappings), plan.tiles, op.index))
         codelets = (f"amp:{op.detail.inputs}{op.detail.partials}",)

@@ -2,6 +2,8 @@
 
 import jax
 import jax.numpy as jnp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ipu_sim
 from ipu_sim.hardware import BOW
@@ -58,3 +60,16 @@ def test_scan_body_time_is_multiplied_by_its_length():
     one, four = run(1), run(4)
     assert four.supersteps == 4 * one.supersteps
     assert 3.5 < four.cycles / one.cycles <= 4.0
+
+
+@settings(max_examples=10)
+@given(st.integers(1, 64), st.integers(1, 512), st.integers(1, 512),
+       st.sampled_from(["gc2", "gc200", "bow", "c600"]))
+def test_mlp_training_step_never_beats_the_peak_rate(batch, width, hidden, chip):
+    loss = lambda w1, w2, x: jnp.sum(jnp.tanh(x @ w1) @ w2)  # noqa: E731
+    e = ipu_sim.estimate(jax.grad(loss, argnums=(0, 1)), sds(width, hidden), sds(hidden, width),
+                         sds(batch, width), chip=chip)
+    peak = max(e.chip.peak_flops(i, p) for i in ("fp32", "fp16") for p in ("fp32", "fp16"))
+    assert e.cycles > 0
+    assert e.flops / e.seconds <= peak
+    assert e.flops / e.seconds <= e.peak_flops

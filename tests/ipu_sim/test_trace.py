@@ -147,3 +147,11 @@ def test_stage_cuts_a_subprogram_with_its_boundary_values():
     first, rest = p.stage([0]), p.stage(range(1, len(p.ops)))
     assert first.inputs == p.inputs and first.outputs == p.ops[0].outputs
     assert rest.inputs == p.ops[0].outputs and rest.outputs == p.outputs
+
+
+def test_convolution_is_costed_as_the_matmul_poplar_plans():
+    conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=2)
+    (d,) = matmuls(trace(conv, sds(4, 10, 8), sds(3, 4, 6)))
+    # groups x (batch * output positions) x (input channels per group * kernel) x (outputs per group)
+    assert (d.batch, d.m, d.k, d.n) == (2, 4 * 8, 4 * 3, 3)
