@@ -203,7 +203,7 @@ class Estimate:
         if ax is None:
             _, ax = plt.subplots(figsize=(8, 0.3 * len(ops) + 1))
         us = 1e6 / self.chip.clock_hz
-        labels = [f"#{o.index} {o.name[:30]}" for o in ops]
+        labels = [f"#{o.index} {o.name[:24]} [{scope(o.path)[:20] or 'top'}]" for o in ops]
         left = [0.0] * len(ops)
         for part in ("compute", "exchange", "sync"):
             width = [getattr(o, f"{part}_cycles") * us for o in ops]
