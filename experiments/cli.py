@@ -1,0 +1,184 @@
+"""The command line shared by every experiment script: training, optimiser, data, precision and run options.
+
+A script builds an :class:`ExperimentCLI` with its own defaults and ``--quick`` values, adds its own
+options with :meth:`ExperimentCLI.add`, and gets a :class:`~experiments.train.TrainConfig` back::
+
+    cli = ExperimentCLI("python -m experiments.gpt", "Train a GPT ...", defaults={"steps": 5000},
+                        quick={"steps": 300, "eval_every": 50})
+    cli.add("--width", type=int, default=256, quick=64, help="model width")
+    args = cli.parse(argv)
+    config = cli.train_config(args)
+
+An option the user gives always wins; otherwise ``--quick`` picks the quick value where the script set
+one, else the default. ``--help`` shows both. :func:`run_main` turns the loop's expected stops
+(interrupt, divergence, missing data, unusable checkpoint) into a message and an exit code instead of a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from experiments.checkpoint import CheckpointError
+from experiments.data import DataUnavailableError
+from experiments.optimizers import OPTIMIZERS, SCHEDULES, OptimizerConfig
+from experiments.parallel import initialize_distributed
+from experiments.train import NonFiniteLossError, ResumeError, TrainConfig, TrainingInterrupted
+
+_UNSET = object()
+_TRAIN, _OPT = TrainConfig(), OptimizerConfig()
+
+# dest -> (flags, argparse keywords, help); defaults come from TrainConfig / OptimizerConfig.
+_TRAIN_OPTIONS: dict[str, tuple[str, dict, str]] = {
+    "steps": ("--steps", {"type": int}, "optimiser steps"),
+    "batch_size": ("--batch-size", {"type": int}, "sequences per step (global, over all devices)"),
+    "seq_len": ("--seq-len", {"type": int}, "tokens per sequence"),
+    "log_every": ("--log-every", {"type": int}, "steps between train records in metrics.jsonl"),
+    "eval_every": ("--eval-every", {"type": int}, "steps between validation evaluations"),
+    "eval_batches": ("--eval-batches", {"type": int}, "validation batches per periodic evaluation"),
+    "final_eval_batches": ("--final-eval-batches", {"type": int},
+                           "batches per split in the final evaluation (default: the whole split)"),
+    "checkpoint_every": ("--checkpoint-every", {"type": int}, "steps between checkpoints"),
+    "keep_checkpoints": ("--keep-checkpoints", {"type": int}, "checkpoints kept on disk"),
+}
+_OPT_OPTIONS: dict[str, tuple[str, dict, str]] = {
+    "optimizer": ("--optimizer", {"choices": OPTIMIZERS}, "optimiser"),
+    "lr": ("--lr", {"type": float}, "peak learning rate"),
+    "b1": ("--b1", {"type": float}, "Adam/LAMB beta1"),
+    "b2": ("--b2", {"type": float}, "Adam/LAMB beta2"),
+    "eps": ("--eps", {"type": float}, "Adam/LAMB epsilon"),
+    "weight_decay": ("--weight-decay", {"type": float}, "weight decay (matrices and embeddings only)"),
+    "momentum": ("--momentum", {"type": float}, "SGD momentum"),
+    "warmup": ("--warmup", {"type": int}, "linear warm-up steps"),
+    "schedule": ("--schedule", {"choices": SCHEDULES}, "learning-rate decay after warm-up"),
+    "final_lr_fraction": ("--final-lr-fraction", {"type": float}, "final learning rate / peak"),
+    "grad_clip": ("--grad-clip", {"type": float}, "clip gradients to this global norm (0: off)"),
+}
+_OPT_FIELDS = {"optimizer": "name", "warmup": "warmup_steps"}
+
+
+class ExperimentCLI:
+    """An argparse parser holding the shared options, with per-script defaults and ``--quick`` values."""
+
+    def __init__(self, prog: str, description: str, *, defaults: Mapping[str, Any] | None = None,
+                 quick: Mapping[str, Any] | None = None, epilog: str | None = None):
+        self.parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        self._defaults: dict[str, Any] = {}
+        self._quick: dict[str, Any] = {}
+        self._script_defaults, self._script_quick = dict(defaults or {}), dict(quick or {})
+        self._add_shared()
+        unknown = (set(self._script_defaults) | set(self._script_quick)) - set(self._defaults)
+        if unknown:
+            raise ValueError(f"defaults/quick name unknown shared options {sorted(unknown)}; add script "
+                             f"options with ExperimentCLI.add")
+
+    def add(self, *flags: str, default: Any, quick: Any = _UNSET, help: str, group=None, **kwargs) -> None:
+        """Add an option whose default is ``default`` and, under ``--quick``, ``quick`` (if given)."""
+        target = group or self.parser
+        action = target.add_argument(*flags, default=None, help=_help_text(help, default, quick), **kwargs)
+        self._defaults[action.dest] = default
+        if quick is not _UNSET:
+            self._quick[action.dest] = quick
+
+    def _shared(self, group, dest: str, flag: str, kwargs: dict, help: str, default: Any) -> None:
+        default = self._script_defaults.get(dest, default)
+        quick = self._script_quick.get(dest, _UNSET)
+        self.add(flag, default=default, quick=quick, help=help, group=group, dest=dest, **kwargs)
+
+    def _add_shared(self) -> None:
+        run = self.parser.add_argument_group("run")
+        run.add_argument("--quick", action="store_true", help="a short run (about a minute on 2 CPU cores)")
+        self._shared(run, "out", "--out", {}, "output directory (metrics, checkpoints, result.json)",
+                     _TRAIN.out_dir)
+        run.add_argument("--fresh", action="store_true",
+                         help="start afresh, deleting this directory's checkpoints and metrics (default: "
+                              "resume from its newest checkpoint)")
+        self._shared(run, "seed", "--seed", {"type": int}, "seed of initialisation and data order", _TRAIN.seed)
+        self._shared(run, "data", "--data", {}, "corpus: shakespeare, gcide, a WikiText directory or a text file",
+                     "shakespeare")
+        self._shared(run, "cache_dir", "--cache-dir", {}, "corpus cache (default: $UNITSCALE_CACHE_DIR or "
+                     "~/.cache/unitscale)", None)
+        run.add_argument("--no-progress", action="store_true", help="no progress bar")
+        self._shared(run, "devices", "--devices", {"type": int},
+                     "data-parallel devices (default: all JAX devices)", None)
+        run.add_argument("--distributed", action="store_true",
+                         help="call jax.distributed.initialize() first (multi-host runs)")
+        run.add_argument("--no-ipu-estimate", action="store_true", help="skip the IPU estimate of the step")
+        self._shared(run, "ipu_chip", "--ipu-chip", {}, "IPU of the estimate (gc2, gc200, bow)", _TRAIN.ipu_chip)
+        train = self.parser.add_argument_group("training")
+        for dest, (flag, kwargs, help) in _TRAIN_OPTIONS.items():
+            self._shared(train, dest, flag, kwargs, help, getattr(_TRAIN, dest))
+        opt = self.parser.add_argument_group("optimiser")
+        for dest, (flag, kwargs, help) in _OPT_OPTIONS.items():
+            self._shared(opt, dest, flag, kwargs, help, getattr(_OPT, _OPT_FIELDS.get(dest, dest)))
+
+    def add_model_options(self, *, precision: str = "fp32", precisions: Sequence[str] | None = None,
+                          loss_scale: str = "none", loss_scales: Sequence[str] | None = None,
+                          unit_scaled: bool = True) -> None:
+        """``--precision``, ``--loss-scale`` and ``--standard`` / ``--unit-scaled``, shared by model scripts."""
+        group = self.parser.add_argument_group("model numerics")
+        self.add("--precision", default=precision, group=group, choices=precisions,
+                 help="number formats of the model's matmul inputs and gradients")
+        self.add("--loss-scale", default=loss_scale, group=group, choices=loss_scales,
+                 help="loss scaling: none, static:<scale> or dynamic")
+        scaled = group.add_mutually_exclusive_group()
+        scaled.add_argument("--unit-scaled", dest="unit_scaled", action="store_true", default=None,
+                            help=f"unit-scaled model{' (default)' if unit_scaled else ''}")
+        scaled.add_argument("--standard", dest="unit_scaled", action="store_false",
+                            help=f"standard (unscaled) model{'' if unit_scaled else ' (default)'}")
+        self._defaults["unit_scaled"] = unit_scaled
+
+    def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
+        """Parse ``argv``, fill unset options from the quick values or defaults, and join a cluster if asked."""
+        args = self.parser.parse_args(argv)
+        for dest, default in self._defaults.items():
+            if getattr(args, dest, None) is None:
+                setattr(args, dest, self._quick.get(dest, default) if args.quick and dest in self._quick
+                        else default)
+        if args.distributed:
+            initialize_distributed()
+        return args
+
+    def train_config(self, args: argparse.Namespace) -> TrainConfig:
+        """The :class:`TrainConfig` of parsed ``args``; bad values raise ValueError naming the option."""
+        try:
+            optimizer = OptimizerConfig(**{_OPT_FIELDS.get(d, d): getattr(args, d) for d in _OPT_OPTIONS})
+            return TrainConfig(**{d: getattr(args, d) for d in _TRAIN_OPTIONS}, optimizer=optimizer,
+                               seed=args.seed, out_dir=str(args.out), resume=not args.fresh,
+                               progress=not args.no_progress, data_parallel=args.devices,
+                               ipu_estimate=not args.no_ipu_estimate, ipu_chip=args.ipu_chip)
+        except ValueError as err:
+            self.parser.error(str(err))  # prints the usage and exits with status 2
+
+
+def _help_text(help: str, default: Any, quick: Any) -> str:
+    shown = "" if default is None else f"default: {default}"
+    if quick is not _UNSET:
+        shown += f"{'; ' if shown else ''}--quick: {quick}"
+    return f"{help} ({shown})" if shown else help
+
+
+EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
+EXIT_DIVERGED, EXIT_UNUSABLE = 3, 2
+
+
+def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; expected stops print one message to stderr and give an exit code:
+    0 done, 130/143 interrupted (checkpoint saved), 3 diverged (last good checkpoint kept),
+    2 data or checkpoint unusable (argparse also exits with 2 on a bad option)."""
+    try:
+        main(argv)
+    except TrainingInterrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return EXIT_INTERRUPTED.get(stop.signal_name, 130)
+    except NonFiniteLossError as err:
+        print(f"\ndiverged: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (DataUnavailableError, CheckpointError, ResumeError) as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    return 0

@@ -1,0 +1,474 @@
+"""The one training loop of every experiment: jitted data-parallel steps, evaluation, metrics,
+checkpoints, exact resume, and the IPU estimate of the same step.
+
+A run is ``train(model, loss_fn, config, batches=..., eval_data=...)``:
+
+- ``loss_fn(model, batch) -> (loss, totals)`` (see :mod:`experiments.train_step`: ``totals`` are per-batch
+  sums with a ``"count"``); ``batches(start_step)`` yields the training batches from ``start_step`` on
+  (e.g. ``lambda s: data.lm_batches(tokens, ..., start_step=s)``), so the data position is the step;
+  ``eval_data`` maps split names to zero-argument functions returning fresh evaluation batch iterables.
+- Every ``log_every`` steps a ``train`` record (means over the interval) is appended to
+  ``out_dir/metrics.jsonl``; every ``eval_every`` steps an ``eval`` record of the ``"val"`` split
+  (``eval_batches`` batches); at the end every split of ``eval_data`` is evaluated
+  (``final_eval_batches``, all by default) and ``out_dir/result.json`` is written. Evaluation reports
+  ``totals[k] / totals["count"]`` with ``nll`` named ``loss`` and ``correct`` named ``accuracy``, plus
+  ``perplexity = exp(loss)`` and ``bits_per_token = loss / ln 2`` (bits per character for a character
+  vocabulary, per byte for a byte vocabulary).
+- Orbax checkpoints (``out_dir/checkpoints``) every ``checkpoint_every`` steps, at the end, on SIGINT /
+  SIGTERM (the current step finishes, the state is saved, :class:`TrainingInterrupted` is raised; a
+  second signal interrupts at once) and when a loss goes non-finite (the state of the last good step is
+  saved and :class:`NonFiniteLossError` raised; a dynamic loss scaler's skipped steps don't count).
+- With ``resume`` (the default) a run restarts from its newest checkpoint: params, optimiser, recipe
+  and model state (RNG counters included), metric accumulators and the data position, with
+  ``metrics.jsonl`` cut back to what it held at that checkpoint. On CPU the resumed run's records are
+  bit-identical to those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments import parallel
+from experiments.checkpoint import CheckpointStore
+from experiments.optimizers import OptimizerConfig, learning_rate_schedule, make_optimizer
+from experiments.progress import Clock, Progress, format_rate
+from experiments.results import append_jsonl, dumps, read_jsonl, run_metadata, write_json, write_text
+from experiments.train_step import (GradFn, LossFn, TrainState, init_state, interval_metrics, make_eval_step,
+                                    make_train_step, plain_value_and_grad, eval_graphdef)
+
+METRICS_FILE, RESULT_FILE, CHECKPOINT_DIR = "metrics.jsonl", "result.json", "checkpoints"
+# Fields that change nothing in the trajectory: differences in them are not reported on resume.
+_BOOKKEEPING = frozenset({"out_dir", "resume", "progress", "ipu_estimate", "ipu_chip"})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (the model and data are the script's)."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 128
+    optimizer: OptimizerConfig = OptimizerConfig()
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int | None = 20
+    final_eval_batches: int | None = None
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    out_dir: str = "results/run"
+    resume: bool = True
+    progress: bool = True
+    data_parallel: int | None = None  # devices in the data mesh; None = all
+    max_consecutive_skips: int = 100  # a recipe that skips non-finite steps gives up after this many
+    ipu_estimate: bool = True
+    ipu_chip: str = "bow"
+
+    def __post_init__(self):
+        if isinstance(self.optimizer, Mapping):
+            object.__setattr__(self, "optimizer", OptimizerConfig(**self.optimizer))
+        if not isinstance(self.optimizer, OptimizerConfig):
+            raise TypeError(f"optimizer must be an OptimizerConfig, got {type(self.optimizer).__name__}")
+        for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every",
+                     "keep_checkpoints", "max_consecutive_skips"):
+            _check_int(name, getattr(self, name), low=1)
+        for name in ("eval_batches", "final_eval_batches", "data_parallel"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), low=1)
+        _check_int("seed", self.seed, low=0)
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise ValueError(f"out_dir must be a non-empty string, got {self.out_dir!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped the run after a step; its state was saved at ``step``."""
+
+    def __init__(self, step: int, checkpoint: Path, signal_name: str):
+        super().__init__(f"{signal_name}: stopped after step {step}; checkpoint saved at {checkpoint}. "
+                         f"Run the same command again to resume.")
+        self.step, self.checkpoint, self.signal_name = step, checkpoint, signal_name
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradients became NaN/inf; the last good state was saved at ``step``."""
+
+    def __init__(self, message: str, step: int, checkpoint: Path):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+class ResumeError(RuntimeError):
+    """A run cannot be resumed consistently (its metrics file lost records the checkpoint knows of)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns: the trained model, the final metrics and where everything was written."""
+
+    model: nnx.Module = dataclasses.field(repr=False)
+    step: int
+    final: dict
+    record: dict = dataclasses.field(repr=False)
+    out_dir: Path
+
+
+# ----------------------------------------------------------------------------------------------
+# Run files
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Files:
+    """The files of one run; only process 0 writes them (all processes write checkpoints)."""
+
+    out_dir: Path
+    writer: bool
+
+    @property
+    def metrics(self) -> Path:
+        return self.out_dir / METRICS_FILE
+
+    def append(self, record: dict) -> None:
+        if self.writer:
+            append_jsonl(self.metrics, record)
+
+    def fingerprint(self) -> dict:
+        data = self.metrics.read_bytes() if self.metrics.is_file() else b""
+        return {"metrics_bytes": len(data), "metrics_sha256": hashlib.sha256(data).hexdigest()}
+
+    def rewind(self, meta: dict) -> None:
+        """Cut ``metrics.jsonl`` back to its content when checkpoint ``meta`` was saved, after checking it."""
+        if not self.writer:
+            return
+        data = self.metrics.read_bytes() if self.metrics.is_file() else b""
+        n = meta.get("metrics_bytes")
+        if not isinstance(n, int):
+            raise ResumeError(f"checkpoint of step {meta.get('step')} records no metrics fingerprint; "
+                              f"start afresh (--fresh) or use another --out")
+        if len(data) < n or hashlib.sha256(data[:n]).hexdigest() != meta.get("metrics_sha256"):
+            what = (f"has {len(data)} bytes, fewer than the {n} it had" if len(data) < n
+                    else "differs from what it was")
+            raise ResumeError(f"{self.metrics} {what} when the checkpoint of step {meta.get('step')} was saved: "
+                              f"records were lost or changed (a truncated or edited file?). Restore the file, "
+                              f"or start afresh (--fresh / resume=False) or in another output directory.")
+        if len(data) > n:
+            write_text(self.metrics, data[:n].decode("utf-8"))
+
+    def clear(self) -> None:
+        """Remove the outputs of an earlier run in this directory (checkpoints are cleared by the caller)."""
+        if self.writer:
+            for name in (METRICS_FILE, RESULT_FILE):
+                (self.out_dir / name).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Signals
+# ----------------------------------------------------------------------------------------------
+
+class _StopSignals:
+    """Within the block, SIGINT/SIGTERM ask the loop to stop after the current step; a second one
+    interrupts at once. Only the main thread can own signal handlers; elsewhere this does nothing."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without saving")
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+_RENAMES = {"nll": "loss", "correct": "accuracy"}
+
+
+def eval_metrics(totals: Mapping[str, float]) -> dict[str, float]:
+    """Pooled means ``totals[k] / totals["count"]`` (``nll`` -> ``loss``, ``correct`` -> ``accuracy``),
+    with ``perplexity`` and ``bits_per_token`` when a ``loss`` exists, and ``tokens`` = the count."""
+    count = float(totals["count"])
+    out = {_RENAMES.get(k, k): (float(v) / count if count else math.nan)
+           for k, v in totals.items() if k != "count"}
+    if "loss" in out:
+        out["perplexity"] = math.exp(out["loss"]) if out["loss"] < 700 else math.inf
+        out["bits_per_token"] = out["loss"] / math.log(2)
+    out["tokens"] = int(count)
+    return out
+
+
+def evaluate(eval_step: Callable, state: TrainState, batches: Iterable, mesh, limit: int | None = None) -> dict:
+    """:func:`eval_metrics` over the first ``limit`` batches (all if None), summed in float64 on the host."""
+    pending = []
+    for i, batch in enumerate(batches):
+        if limit is not None and i >= limit:
+            break
+        pending.append(eval_step(state, parallel.shard_batch(batch, mesh)))
+    if not pending:
+        raise ValueError("eval_data: a split yielded no batches")
+    totals = {k: float(np.sum([np.float64(t[k]) for t in jax.device_get(pending)])) for k in pending[0]}
+    return eval_metrics(totals)
+
+
+# ----------------------------------------------------------------------------------------------
+# IPU estimate
+# ----------------------------------------------------------------------------------------------
+
+def ipu_estimate(step_fn: Callable, state: TrainState, batch, tokens_per_step: int, chip: str = "bow") -> dict:
+    """The train step on one IPU per :func:`ipu_sim.estimator.estimate`: step time, tokens/s, FLOP
+    utilisation and whether it fits in tile memory; ``{"error": ...}`` if the model cannot say."""
+    from ipu_sim.estimator import estimate
+
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), (state, batch))
+    failures = []
+    for fuse in (True, False):  # unfused as a fallback: slower on the IPU, so an upper bound on time
+        try:
+            est = estimate(step_fn, *abstract, chip=chip, fuse=fuse)
+        except Exception as err:  # the estimate annotates a run; it must never lose one
+            failures.append(f"fuse={fuse}: {type(err).__name__}: {str(err)[:300]}")
+            continue
+        return {"chip": chip, "step_time_s": est.seconds, "tokens_per_s": tokens_per_step / est.seconds,
+                "utilisation": est.utilisation, "tflops": est.tflops, "fits": est.fits,
+                "peak_precision": est.peak_precision, "fused": fuse, "failures": failures,
+                "detail": est.to_dict(ops=False)}
+    return {"chip": chip, "error": "; ".join(failures)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Loop:
+    """The moving parts of one call of :func:`train`, so each phase is a short method."""
+
+    config: TrainConfig
+    files: _Files
+    store: CheckpointStore
+    mesh: Any
+    train_step: Callable
+    eval_step: Callable
+    eval_data: Mapping[str, Callable[[], Iterable]]
+    lr: Callable | None
+    on_record: Callable[[dict], None] | None
+    progress: Progress
+    clock: Clock
+    describe: dict
+    last_train: dict | None = None
+
+    def record(self, record: dict) -> None:
+        self.files.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def save(self, state: TrainState, step: int) -> Path:
+        meta = {"config": self.config.to_dict(), **self.files.fingerprint()}
+        with self.clock.paused():
+            return self.store.save(step, state, meta)
+
+    def log_train(self, state: TrainState, step: int, elapsed: float) -> dict:
+        sums = {k: float(v) for k, v in jax.device_get(state.sums).items()}  # waits for the step: timed
+        rate = self.clock.steps_per_second(step) * self.config.tokens_per_step
+        with self.clock.paused():
+            record = {"kind": "train", "step": step, **interval_metrics(sums)}
+            if self.lr is not None:
+                record["lr"] = float(self.lr(step - 1))
+            record.update(tokens_per_s=rate, elapsed_s=elapsed)
+            self.record(record)
+            self.last_train = record
+            self.progress.show(loss=record["loss"], tok_s=format_rate(rate))
+        return record
+
+    def log_eval(self, state: TrainState, step: int, split: str, limit: int | None) -> dict:
+        with self.clock.paused():
+            metrics = evaluate(self.eval_step, state, self.eval_data[split](), self.mesh, limit)
+        record = {"kind": "eval", "split": split, "step": step, **metrics}
+        self.record(record)
+        return record
+
+    def print_line(self, step: int, val: dict | None) -> None:
+        train = self.last_train or {}
+        parts = [f"step {step}/{self.config.steps}", f"train loss {train.get('loss', math.nan):.4f}"]
+        if val is not None:
+            parts.append(f"val loss {val['loss']:.4f} ({val['bits_per_token']:.3f} bits/token)"
+                         if "loss" in val else "val " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
+        parts.append(f"{format_rate(train.get('tokens_per_s', math.nan))} tok/s")
+        self.progress.write(" | ".join(parts))
+
+    def check_finite(self, state: TrainState) -> None:
+        halted = int(jax.device_get(state.halted_at))
+        if halted < 0:
+            return
+        good = dataclasses.replace(state, halted_at=state.halted_at * 0 - 1)
+        path = self.save(good, halted)
+        message = (f"the loss or gradients became NaN/inf at step {halted + 1} (0-based batch {halted}); "
+                   f"kept the checkpoint of the last good step {halted} at {path}. Lower the learning rate, "
+                   f"use loss scaling or another precision; resuming from it replays the same step.")
+        self.record({"kind": "event", "event": "nonfinite", "step": halted, "message": message})
+        raise NonFiniteLossError(message, halted, path)
+
+
+def _restore_or_start(loop: _Loop, state: TrainState) -> tuple[TrainState, int]:
+    """Resume from the newest checkpoint if asked and present; else clear the directory and start at 0."""
+    config, store = loop.config, loop.store
+    latest = store.latest_step() if config.resume else None
+    if latest is None:
+        store.delete_all()
+        loop.files.clear()
+        return state, 0
+    state, meta = store.restore(latest, state, parallel.replicated(loop.mesh))
+    loop.files.rewind(meta)
+    before = meta.get("config", {})
+    changed = {k: [before.get(k), v] for k, v in config.to_dict().items()
+               if k not in _BOOKKEEPING and before.get(k) != v}
+    loop.record({"kind": "event", "event": "resume", "step": latest, "changed": changed})
+    if changed:
+        loop.progress.write(f"resuming at step {latest} with changed settings {dumps(changed)}")
+    return state, latest
+
+
+def _run_steps(loop: _Loop, state: TrainState, start: int, batches: Iterator, stop: _StopSignals,
+               started: float) -> tuple[TrainState, dict]:
+    config, timings = loop.config, {"first_step_s": math.nan}
+    for step in range(start + 1, config.steps + 1):
+        state = loop.train_step(state, parallel.shard_batch(next(batches), loop.mesh))
+        loop.progress.advance()
+        if step == start + 1:
+            jax.block_until_ready(state)
+            timings["first_step_s"] = time.perf_counter() - started
+            loop.clock.start(step)
+        logging = step % config.log_every == 0 or step == config.steps
+        if logging or stop.received:
+            loop.check_finite(state)  # before any record or checkpoint of a step past the failure
+        if logging:
+            loop.log_train(state, step, time.perf_counter() - started)
+        if step % config.eval_every == 0 and step < config.steps and "val" in loop.eval_data:
+            loop.print_line(step, loop.log_eval(state, step, "val", config.eval_batches))
+        if step % config.checkpoint_every == 0:
+            loop.save(state, step)
+        if stop.received:
+            path = loop.save(state, step)
+            loop.record({"kind": "event", "event": "interrupted", "step": step, "signal": stop.received})
+            raise TrainingInterrupted(step, path, stop.received)
+    timings["train_s"] = loop.clock.seconds()
+    return state, timings
+
+
+def train(model: nnx.Module, loss_fn: LossFn, config: TrainConfig, *,
+          batches: Callable[[int], Iterator], eval_data: Mapping[str, Callable[[], Iterable]] | None = None,
+          optimizer: optax.GradientTransformation | None = None, value_and_grad: GradFn = plain_value_and_grad,
+          recipe_state: Any = None, skips_nonfinite: bool = False, describe: Mapping[str, Any] | None = None,
+          on_record: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``model`` in place with ``loss_fn`` as the module docstring describes; returns the result.
+
+    ``optimizer`` overrides the one built from ``config.optimizer`` (e.g. a u-muP transform);
+    ``value_and_grad``, ``recipe_state`` and ``skips_nonfinite`` plug in a scaling recipe;
+    ``describe`` (model config, data, vocab, ...) is stored in ``result.json``; ``on_record`` sees
+    every metrics record as it is written.
+
+    Raises:
+      TrainingInterrupted: on SIGINT/SIGTERM, after saving a checkpoint.
+      NonFiniteLossError: when the loss goes NaN/inf (and no recipe skips the step), after saving.
+      CheckpointError, ResumeError: when the run cannot be resumed faithfully.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    started = time.perf_counter()
+    eval_data = dict(eval_data or {})
+    mesh = parallel.data_mesh(config.data_parallel)
+    parallel.check_batch_size(config.batch_size, mesh)
+    lr = learning_rate_schedule(config.optimizer, config.steps) if optimizer is None else None
+    optimizer = optimizer or make_optimizer(config.optimizer, config.steps)
+    probe = next(iter(batches(0)))
+    graphdef, state = init_state(model, loss_fn, optimizer, probe, recipe_state)
+    step_fn = make_train_step(graphdef, loss_fn, optimizer, log_every=config.log_every,
+                              value_and_grad=value_and_grad, skips_nonfinite=skips_nonfinite,
+                              max_consecutive_skips=config.max_consecutive_skips)
+    replicated = parallel.replicated(mesh)
+    files = _Files(Path(config.out_dir), writer=jax.process_index() == 0)
+    with CheckpointStore(files.out_dir / CHECKPOINT_DIR, config.keep_checkpoints) as store, \
+            _StopSignals() as stop:
+        progress = Progress(config.steps, 0, enabled=config.progress and files.writer)
+        loop = _Loop(config, files, store, mesh, jax.jit(step_fn, donate_argnums=0, out_shardings=replicated),
+                     jax.jit(make_eval_step(eval_graphdef(model), loss_fn), out_shardings=replicated),
+                     eval_data, lr, on_record, progress, Clock(), dict(describe or {}))
+        try:
+            state, start = _restore_or_start(loop, parallel.replicate(state, mesh))
+            progress.advance(start)
+            state, timings = _run_steps(loop, state, start, iter(batches(start)), stop, started)
+            result = _finish(loop, state, step_fn, probe, start, timings, started)
+        finally:
+            progress.close()
+    nnx.update(model, state.params, state.rest)
+    return TrainResult(model, config.steps, result["final"], result, files.out_dir)
+
+
+def _finish(loop: _Loop, state: TrainState, step_fn: Callable, probe, start: int, timings: dict,
+            started: float) -> dict:
+    """Final evaluation, checkpoint, IPU estimate and ``result.json``."""
+    config = loop.config
+    loop.check_finite(state)
+    loop.save(state, config.steps)  # before the final records, so a rerun rewinds and rewrites them
+    final = {"train": loop.last_train or _last_record(loop.files, "train")}
+    for split in loop.eval_data:
+        final[split] = loop.log_eval(state, config.steps, split, config.final_eval_batches)
+    loop.print_line(config.steps, final.get("val"))
+    ipu = (ipu_estimate(step_fn, state, probe, config.tokens_per_step, config.ipu_chip)
+           if config.ipu_estimate else None)
+    train_s = timings.get("train_s", 0.0)
+    steps_timed = max(config.steps - start - 1, 0)
+    result = {"status": "completed", "steps": config.steps, "resumed_from": start or None,
+              "config": config.to_dict(), "describe": loop.describe, "final": final,
+              "wall_time_s": time.perf_counter() - started, "first_step_s": timings["first_step_s"],
+              "train_s": train_s, "tokens_per_s": steps_timed * config.tokens_per_step / train_s if train_s else None,
+              "devices": loop.mesh.devices.size, "ipu": ipu, "environment": run_metadata()}
+    if loop.files.writer:
+        write_json(loop.files.out_dir / RESULT_FILE, result)
+    if ipu is not None and "error" not in ipu:
+        loop.progress.write(f"IPU ({ipu['chip']}) estimate of this step: {ipu['step_time_s'] * 1e3:.3g} ms, "
+                            f"{format_rate(ipu['tokens_per_s'])} tok/s, {100 * ipu['utilisation']:.1f}% of peak, "
+                            f"{'fits' if ipu['fits'] else 'does NOT fit'} in tile memory")
+    return result
+
+
+def _last_record(files: _Files, kind: str) -> dict | None:
+    if not files.metrics.is_file():
+        return None
+    records = [r for r in read_jsonl(files.metrics) if r.get("kind") == kind]
+    return records[-1] if records else None
