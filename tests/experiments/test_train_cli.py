@@ -1,0 +1,175 @@
+"""The shared command line (experiments.cli) and the optimisers and schedules (experiments.optimizers)."""
+
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from experiments.checkpoint import CheckpointError
+from experiments.cli import EXIT_DIVERGED, EXIT_UNUSABLE, ExperimentCLI, run_main
+from experiments.optimizers import OptimizerConfig, decay_mask, learning_rate_schedule, make_optimizer
+from experiments.train import NonFiniteLossError, TrainConfig, TrainingInterrupted
+
+
+def make_cli():
+    cli = ExperimentCLI("prog", "a test script", defaults={"steps": 5000, "out": "results/test"},
+                        quick={"steps": 40, "eval_every": 10})
+    cli.add("--width", type=int, default=256, quick=32, help="model width")
+    cli.add("--heads", type=int, default=4, help="attention heads")
+    cli.add_model_options()
+    return cli
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults, --quick and explicit options
+# ---------------------------------------------------------------------------------------------
+
+def test_defaults_come_from_the_script_then_from_train_config():
+    cli = make_cli()
+    args = cli.parse([])
+    config = cli.train_config(args)
+    assert config.steps == 5000 and config.out_dir == "results/test"
+    assert config.batch_size == TrainConfig().batch_size and config.optimizer == OptimizerConfig()
+    assert (args.width, args.heads, args.precision, args.loss_scale, args.unit_scaled) == (256, 4, "fp32", "none", True)
+    assert config.resume and config.progress and config.ipu_estimate and config.data_parallel is None
+
+
+def test_quick_applies_quick_values_only_where_given():
+    cli = make_cli()
+    args = cli.parse(["--quick"])
+    config = cli.train_config(args)
+    assert (config.steps, config.eval_every, args.width) == (40, 10, 32)
+    assert args.heads == 4 and config.batch_size == TrainConfig().batch_size
+
+
+def test_an_explicit_option_beats_quick():
+    cli = make_cli()
+    args = cli.parse(["--quick", "--steps", "7", "--width", "8", "--lr", "0.5", "--optimizer", "sgd",
+                      "--warmup", "0", "--standard", "--fresh", "--no-progress", "--devices", "1",
+                      "--no-ipu-estimate", "--out", "elsewhere"])
+    config = cli.train_config(args)
+    assert (config.steps, args.width, args.unit_scaled) == (7, 8, False)
+    assert config.optimizer == OptimizerConfig(name="sgd", lr=0.5, warmup_steps=0)
+    assert not config.resume and not config.progress and not config.ipu_estimate
+    assert config.data_parallel == 1 and config.out_dir == "elsewhere"
+
+
+def test_help_lists_defaults_and_quick_values(capsys):
+    with pytest.raises(SystemExit) as done:
+        make_cli().parse(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("--quick", "--out", "--steps", "(default: 5000; --quick: 40)", "model width (default: 256; "
+                     "--quick: 32)", "--lr", "--optimizer {adamw,adam,sgd,lamb}", "--precision", "--loss-scale",
+                     "--standard", "--devices", "--distributed", "--fresh"):
+        assert expected in text, expected
+
+
+def test_a_bad_value_exits_with_a_message_naming_it(capsys):
+    cli = make_cli()
+    args = cli.parse(["--lr", "-1"])
+    with pytest.raises(SystemExit) as done:
+        cli.train_config(args)
+    assert done.value.code == 2
+    assert "lr must be > 0.0, got -1.0" in capsys.readouterr().err
+
+
+def test_script_defaults_must_name_shared_options():
+    with pytest.raises(ValueError, match=r"unknown shared options \['widht'\]"):
+        ExperimentCLI("prog", "x", defaults={"widht": 3})
+
+
+# ---------------------------------------------------------------------------------------------
+# Exit codes
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("error, code", [
+    (TrainingInterrupted(5, Path("ckpt/5"), "SIGINT"), 130),
+    (TrainingInterrupted(5, Path("ckpt/5"), "SIGTERM"), 143),
+    (NonFiniteLossError("loss became NaN", 5, Path("ckpt/5")), EXIT_DIVERGED),
+    (CheckpointError("checkpoint ckpt/5 is corrupt"), EXIT_UNUSABLE),
+])
+def test_run_main_turns_expected_stops_into_exit_codes(error, code, capsys):
+    def main(argv):
+        raise error
+
+    assert run_main(main, []) == code
+    assert str(error).split(":")[0] in capsys.readouterr().err
+
+
+def test_run_main_lets_bugs_raise():
+    def main(argv):
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        run_main(main, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisers and schedules
+# ---------------------------------------------------------------------------------------------
+
+@settings(max_examples=40)
+@given(lr=st.floats(1e-5, 1.0), warmup=st.integers(0, 50), steps=st.integers(60, 500),
+       fraction=st.floats(0.0, 1.0), kind=st.sampled_from(["cosine", "linear", "constant"]))
+def test_schedule_warms_up_linearly_then_decays_monotonically_to_its_floor(lr, warmup, steps, fraction, kind):
+    config = OptimizerConfig(lr=lr, warmup_steps=warmup, final_lr_fraction=fraction, schedule=kind)
+    # One array length for every example, so the eager ops compile once.
+    values = np.asarray(learning_rate_schedule(config, steps)(jnp.arange(520)), np.float64)[:steps + 10]
+    rtol = 1e-5
+    np.testing.assert_allclose(values[:warmup], lr * np.arange(1, warmup + 1) / warmup, rtol=rtol)
+    after = values[warmup:]
+    assert after[0] == pytest.approx(lr, rel=rtol)
+    assert np.all(np.diff(after) <= lr * 1e-6)
+    floor = lr if kind == "constant" else fraction * lr
+    np.testing.assert_allclose(values[steps:], floor, rtol=rtol, atol=lr * 1e-6)
+    assert values.min() >= min(floor, lr / max(warmup, 1)) * (1 - rtol) - lr * 1e-6
+
+
+def test_cosine_passes_through_the_midpoint_halfway():
+    config = OptimizerConfig(lr=1.0, warmup_steps=10, final_lr_fraction=0.0)
+    assert float(learning_rate_schedule(config, 110)(60)) == pytest.approx(0.5, abs=1e-6)
+
+
+def _params():
+    return {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((4,)), "scale": jnp.ones((4,))}
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "lamb"])
+def test_weight_decay_shrinks_matrices_only(name):
+    config = OptimizerConfig(name=name, lr=0.1, weight_decay=0.5, warmup_steps=0, schedule="constant", grad_clip=0.0)
+    opt = make_optimizer(config, 10)
+    params = _params()
+    zero = {k: jnp.zeros_like(v) for k, v in params.items()}
+    updates, _ = opt.update(zero, opt.init(params), params)
+    assert float(jnp.abs(updates["kernel"]).max()) > 0
+    assert float(jnp.abs(updates["bias"]).max()) == 0 and float(jnp.abs(updates["scale"]).max()) == 0
+    assert decay_mask(params) == {"kernel": True, "bias": False, "scale": False}
+
+
+def test_gradients_are_clipped_to_the_global_norm():
+    config = OptimizerConfig(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, warmup_steps=0,
+                             schedule="constant", grad_clip=0.5)
+    opt = make_optimizer(config, 10)
+    grads = {"kernel": jnp.full((3, 4), 10.0)}
+    updates, _ = opt.update(grads, opt.init(grads), grads)
+    assert float(optax.tree.norm(updates)) == pytest.approx(0.5, rel=1e-6)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"name": "rmsprop"}, "optimizer name must be one of"),
+    ({"schedule": "step"}, "schedule must be one of"),
+    ({"lr": 0.0}, "lr must be > 0.0"),
+    ({"b2": 1.0}, "b2 must be < 1.0"),
+    ({"lr": math.nan}, "lr must be a finite number"),
+    ({"warmup_steps": -1}, "warmup_steps must be a non-negative integer"),
+    ({"grad_clip": -1.0}, "grad_clip must be >= 0.0"),
+])
+def test_optimizer_config_rejects_bad_values_by_name(changes, message):
+    with pytest.raises(ValueError, match=message):
+        OptimizerConfig(**changes)
