@@ -1,0 +1,735 @@
+"""Unit-scaled ops with the names, arguments and scaling rules of unit-scaling 0.3.5's
+``unit_scaling.functional`` (Blake, Orr, Luschi, ICML 2023; u-muP, Blake et al., 2024).
+
+Each op multiplies its output by a static forward scale and each input gradient by its own static
+backward scale (via :func:`unitscale.scale.scale`), chosen so that unit-variance inputs and
+output gradients give (approximately) unit-variance outputs and input gradients. ``constraint=``
+ties the scales of tensors on a non-cut path into one value (see :mod:`unitscale.constraints`).
+Every docstring lists the op's forward scale and each backward scale.
+
+JAX conventions where they differ from PyTorch:
+  * pure functions; randomness from a keyword-only PRNG key ``rng`` on every op with dropout;
+  * weights in Flax layout: ``linear`` kernels are ``(in_features, out_features)``, embedding tables
+    ``(vocab, d)``;
+  * attention tensors are ``(..., seq, heads, d_head)``, as in ``jax.nn.dot_product_attention``;
+  * bfloat16/float16 inputs are computed in float32 internally (matmul accumulation, statistics,
+    softmax, non-linearities), scaled there, and returned in the input dtype.
+
+Scales come from the shapes an op sees. Under ``jax.vmap`` the mapped axis is invisible to the op,
+so counts that run over it (the weight-gradient scales of ``linear``/``matmul``/``embedding``, the
+affine-gradient scales of the norms, the ``cross_entropy`` mean) are per mapped example.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from unitscale.constraints import ConstraintLike, apply_constraint
+from unitscale.scale import scale, scale_bwd, scale_fwd
+
+__all__ = [
+    "matmul",
+    "linear",
+    "linear_readout",
+    "gelu",
+    "silu",
+    "silu_glu",
+    "softmax",
+    "dropout",
+    "layer_norm",
+    "rms_norm",
+    "add",
+    "residual_split",
+    "residual_add",
+    "residual_apply",
+    "embedding",
+    "scaled_dot_product_attention",
+    "cross_entropy",
+    "mse_loss",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks and small numeric helpers
+
+
+def _float_array(x: ArrayLike, name: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+    return x
+
+
+def _int_array(x: ArrayLike, name: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {x.dtype}")
+    return x
+
+
+def _static_number(value: object, name: str) -> float:
+    # Scales are computed in Python at trace time, so their inputs cannot be traced values.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a static Python number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _positive(value: object, name: str) -> float:
+    value = _static_number(value, name)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _rate(value: object, name: str) -> float:
+    value = _static_number(value, name)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    return value
+
+
+def _axis(axis: int, ndim: int, name: str) -> int:
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an input with {ndim} dimensions")
+    return axis % ndim
+
+
+def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    """float32 for sub-32-bit floats (bf16, f16, fp8), else the dtype itself."""
+    return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
+
+
+def _upcast(x: jax.Array) -> jax.Array:
+    return x.astype(_compute_dtype(x.dtype))
+
+
+def _log_interpolate(alpha: float, lower: float, upper: float) -> float:
+    """``lower^(1-alpha) * upper^alpha``: constant-ratio interpolation between two limits.
+
+    The fitted scale models of gelu, silu, softmax and attention below interpolate this way
+    between a small-``mult`` and a large-``mult`` limit (unit-scaling 0.3.5, core.functional).
+    """
+    return math.exp(alpha * math.log(upper) + (1.0 - alpha) * math.log(lower))
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix products
+
+
+def _matmul_f32(left: jax.Array, right: jax.Array) -> jax.Array:
+    """``left @ right`` accumulated (and returned) in the compute dtype, so scaling happens before
+    any rounding to a 16-bit result."""
+    dtype = _compute_dtype(jnp.result_type(left, right))
+    return jnp.matmul(left, right, preferred_element_type=dtype)
+
+
+def matmul(
+    left: ArrayLike, right: ArrayLike, constraint: ConstraintLike = "to_output_scale"
+) -> jax.Array:
+    """Unit-scaled matrix product ``left @ right`` with ``jnp.matmul`` broadcasting.
+
+    Shapes: left ``(..., m, k)``, right ``(..., k, n)``; 1-D operands as in ``jnp.matmul``.
+
+    Forward: ``k^-1/2``.
+    Backward left: ``(n * b_l)^-1/2``, b_l = broadcast batch size that left is reused across.
+    Backward right: ``(m * b_r)^-1/2``, b_r likewise; for a 2-D right, ``m * b_r`` is all rows of left.
+    Constraint ties all three (default ``to_output_scale``).
+
+    unit-scaling 0.3.5 counts only ``left.shape[-2]`` rows for the right gradient; counting every
+    row that sums into it (as the paper's rule states) keeps it unit when left has batch axes.
+    """
+    left, right = _float_array(left, "left"), _float_array(right, "right")
+    if left.ndim == 0 or right.ndim == 0:
+        raise ValueError("left and right must have at least one dimension")
+    l_shape = left.shape if left.ndim > 1 else (1, *left.shape)
+    r_shape = right.shape if right.ndim > 1 else (*right.shape, 1)
+    (m, k), (k_right, n) = l_shape[-2:], r_shape[-2:]
+    if k != k_right:
+        raise ValueError(
+            f"left's last dimension ({k}) must equal right's contracted dimension ({k_right}); "
+            f"got shapes {left.shape} and {right.shape}"
+        )
+    try:
+        batch = jnp.broadcast_shapes(l_shape[:-2], r_shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"batch dimensions of left {left.shape} and right {right.shape} do not broadcast"
+        ) from None
+    out_batch = math.prod(batch)
+    left_terms = n * out_batch // math.prod(l_shape[:-2])
+    right_terms = m * out_batch // math.prod(r_shape[:-2])
+    out_s, left_s, right_s = apply_constraint(
+        constraint, k**-0.5, left_terms**-0.5, right_terms**-0.5
+    )
+    out = _matmul_f32(scale_bwd(left, left_s), scale_bwd(right, right_s))
+    return scale_fwd(out, out_s).astype(jnp.result_type(left, right))
+
+
+def linear(
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    constraint: ConstraintLike = "to_output_scale",
+    scale_power: tuple[float, float, float] = (0.5, 0.5, 0.5),
+) -> jax.Array:
+    """Unit-scaled affine map ``(input @ weight + bias) * s_out``; weight is ``(fan_in, fan_out)``.
+
+    Forward: ``fan_in^-p0`` (applied to the bias too, as in unit-scaling 0.3.5).
+    Backward input: ``fan_out^-p1``.
+    Backward weight, bias: ``batch^-p2``, batch = ``input.size / fan_in``.
+    Constraint ties forward and input-gradient scales (default ``to_output_scale``);
+    ``scale_power = (p0, p1, p2)``.
+    """
+    input, weight = _float_array(input, "input"), _float_array(weight, "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D (fan_in, fan_out), got shape {weight.shape}")
+    fan_in, fan_out = weight.shape
+    if input.ndim == 0 or input.shape[-1] != fan_in:
+        raise ValueError(
+            f"input's last dimension must equal weight's fan_in {fan_in}; got input shape "
+            f"{input.shape}, weight shape {weight.shape}"
+        )
+    if len(scale_power) != 3:
+        raise ValueError(f"scale_power must have 3 entries, got {scale_power!r}")
+    p_out, p_in, p_w = (_static_number(p, "scale_power") for p in scale_power)
+    batch = max(input.size // fan_in, 1)
+    out_s, in_s = apply_constraint(constraint, fan_in**-p_out, fan_out**-p_in)
+    w_s = batch**-p_w
+    out = _matmul_f32(scale_bwd(input, in_s), scale_bwd(weight, w_s))
+    if bias is not None:
+        bias = _float_array(bias, "bias")
+        if bias.shape != (fan_out,):
+            raise ValueError(f"bias must have shape ({fan_out},), got {bias.shape}")
+        out = out + scale_bwd(_upcast(bias), w_s)
+    return scale_fwd(out, out_s).astype(jnp.result_type(input, weight))
+
+
+def linear_readout(
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    constraint: ConstraintLike = None,
+) -> jax.Array:
+    """Unit-scaled output layer with the muP readout scale; weight is ``(fan_in, fan_out)``.
+
+    Forward: ``1/fan_in`` (so outputs shrink as width grows, as muP needs at the readout).
+    Backward input: ``fan_out^-1/2``.
+    Backward weight, bias: ``batch^-1/2``.
+    Default ``constraint=None``: the scales stay independent.
+    """
+    return linear(input, weight, bias, constraint=constraint, scale_power=(1.0, 0.5, 0.5))
+
+
+# ---------------------------------------------------------------------------------------------
+# Element-wise non-linearities
+
+
+def _scaled_elementwise(
+    fn: Callable[[jax.Array], jax.Array],
+    input: jax.Array,
+    out_scale: float,
+    grad_scale: float,
+    constraint: ConstraintLike,
+    out_dtype: jnp.dtype | None = None,
+) -> jax.Array:
+    out_scale, grad_scale = apply_constraint(constraint, out_scale, grad_scale)
+    y = fn(scale_bwd(_upcast(input), grad_scale))
+    return scale_fwd(y, out_scale).astype(out_dtype or input.dtype)
+
+
+def gelu(
+    input: ArrayLike,
+    mult: float = 1.0,
+    constraint: ConstraintLike = "to_output_scale",
+    approximate: str = "none",
+) -> jax.Array:
+    """Unit-scaled GELU, ``gelu(mult * x) / mult``; ``approximate`` is ``"none"`` or ``"tanh"``.
+
+    With ``a = sigmoid(log(4 mult^2))`` (fitted model, unit-scaling 0.3.5):
+    Forward: ``2^(1-a) * (2 / (1 - 1/pi))^(a/2)``.
+    Backward input: ``2^(1-a) * 2^(a/2)``.
+    Constraint ties both (default ``to_output_scale``).
+    """
+    input = _float_array(input, "input")
+    mult = _positive(mult, "mult")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    alpha = 1.0 / (1.0 + 0.25 / mult**2)
+    out_s = _log_interpolate(alpha, 2.0, (2.0 / (1.0 - 1.0 / math.pi)) ** 0.5)
+    grad_s = _log_interpolate(alpha, 2.0, 2.0**0.5)
+    tanh = approximate == "tanh"
+    return _scaled_elementwise(
+        lambda x: jax.nn.gelu(x * mult, approximate=tanh) / mult, input, out_s, grad_s, constraint
+    )
+
+
+def _silu(x: jax.Array, mult: float) -> jax.Array:
+    return x * jax.nn.sigmoid(x * mult)
+
+
+def silu(
+    input: ArrayLike, mult: float = 1.0, constraint: ConstraintLike = "to_output_scale"
+) -> jax.Array:
+    """Unit-scaled SiLU (swish), ``x * sigmoid(mult * x)``.
+
+    Fitted model (unit-scaling 0.3.5), with ``a = sigmoid(log(4 mult^2))``, ``b = sigmoid(log(mult^2))``:
+    Forward: ``2^(1-a) * (2 / (1 - 1/pi))^(a/2)``.
+    Backward input: ``2^(1-b) * 2^(b/2)``.
+    Constraint ties both (default ``to_output_scale``).
+    """
+    input = _float_array(input, "input")
+    mult = _positive(mult, "mult")
+    out_s = _log_interpolate(
+        1.0 / (1.0 + 0.25 / mult**2), 2.0, (2.0 / (1.0 - 1.0 / math.pi)) ** 0.5
+    )
+    grad_s = _log_interpolate(1.0 / (1.0 + 1.0 / mult**2), 2.0, 2.0**0.5)
+    return _scaled_elementwise(lambda x: _silu(x, mult), input, out_s, grad_s, constraint)
+
+
+def silu_glu(input: ArrayLike, gate: ArrayLike, mult: float = 1.0) -> jax.Array:
+    """Unit-scaled SiLU-gated linear unit ``input * gate * sigmoid(mult * gate)``.
+
+    One scale ``s = 2^(1-b) * 2^(b/2)``, ``b = sigmoid(log(mult^2))`` (unit-scaling 0.3.5):
+    Forward: ``s``.
+    Backward input: ``s``.
+    Backward gate: ``s``.
+    """
+    input, gate = _float_array(input, "input"), _float_array(gate, "gate")
+    if input.shape != gate.shape:
+        raise ValueError(f"input and gate must have equal shapes, got {input.shape} and {gate.shape}")
+    mult = _positive(mult, "mult")
+    s = _log_interpolate(1.0 / (1.0 + 1.0 / mult**2), 2.0, 2.0**0.5)
+    x, g = scale_bwd(_upcast(input), s), scale_bwd(_upcast(gate), s)
+    out = scale_fwd(x * _silu(g, mult), s)
+    return out.astype(jnp.result_type(input, gate))
+
+
+def softmax(
+    input: ArrayLike,
+    dim: int = -1,
+    dtype: jnp.dtype | None = None,
+    constraint: ConstraintLike = "to_output_scale",
+    mult: float = 1.0,
+) -> jax.Array:
+    """Unit-scaled softmax of ``mult * x`` along ``dim``, computed in float32.
+
+    Fitted model (unit-scaling 0.3.5), with n = ``input.shape[dim]`` and ``a = sigmoid(log(mult^2 / 4))``,
+    interpolating between the flat (a=0) and one-hot (a=1) limits:
+    Forward: ``n^(1 - a/2)``.
+    Backward input: ``(n/mult)^(1 - a/2)``.
+    Constraint ties both (default ``to_output_scale``). Returns ``dtype`` or the input dtype.
+    """
+    input = _float_array(input, "input")
+    dim = _axis(dim, input.ndim, "dim")
+    mult = _positive(mult, "mult")
+    n = input.shape[dim]
+    alpha = 1.0 / (1.0 + 4.0 / mult**2)
+    out_s = _log_interpolate(alpha, n, n**0.5)
+    grad_s = _log_interpolate(alpha, n / mult, (n / mult) ** 0.5)
+    out_dtype = jnp.dtype(dtype) if dtype is not None else None
+    return _scaled_elementwise(
+        lambda x: jax.nn.softmax(x * mult, axis=dim), input, out_s, grad_s, constraint, out_dtype
+    )
+
+
+def dropout(
+    input: ArrayLike, p: float = 0.5, training: bool = True, *, rng: jax.Array | None = None
+) -> jax.Array:
+    """Unit-scaled dropout: zero each element with probability ``p``, keep the rest at ``(1-p)^-1/2``.
+
+    Equivalent to PyTorch's inverted dropout followed by a ``(1-p)^1/2`` scale, so eval mode
+    (``training=False``, no key needed) returns ``(1-p)^1/2 * x``, the training-mode expectation.
+    Forward: ``(1-p)^1/2`` (on top of inverted dropout's ``1/(1-p)``).
+    Backward input: ``(1-p)^1/2``, the same (no constraint needed).
+    """
+    input = _float_array(input, "input")
+    p = _rate(p, "p")
+    s = (1.0 - p) ** 0.5
+    if not training or p == 0.0:
+        return scale(input, s, s)
+    if rng is None:
+        raise ValueError(f"rng: dropout with p={p} in training mode needs a PRNG key `rng`")
+    keep = jax.random.bernoulli(rng, 1.0 - p, input.shape)
+    kept = jnp.where(keep, input, jnp.zeros((), input.dtype))
+    # Forward and backward factors coincide, so this is the plain function with its true gradient.
+    return scale(kept, 1.0 / s, 1.0 / s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation
+
+
+def _norm_params(
+    input: jax.Array,
+    normalized_shape: int | Sequence[int],
+    params: dict[str, ArrayLike | None],
+) -> tuple[tuple[int, ...], dict[str, jax.Array | None], float]:
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if not shape or len(shape) > input.ndim or input.shape[-len(shape) :] != shape:
+        raise ValueError(
+            f"normalized_shape {shape} must match the trailing dimensions of input {input.shape}"
+        )
+    checked = {}
+    for name, value in params.items():
+        if value is not None:
+            value = _float_array(value, name)
+            if value.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+        checked[name] = value
+    affine_grad_scale = (math.prod(shape) / max(input.size, 1)) ** 0.5
+    return shape, checked, affine_grad_scale
+
+
+def layer_norm(
+    input: ArrayLike,
+    normalized_shape: int | Sequence[int],
+    weight: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    eps: float = 1e-5,
+) -> jax.Array:
+    """Layer norm over the trailing ``normalized_shape`` axes (statistics in float32).
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, var biased, as ``torch.nn.functional``.
+    Forward: 1 (the normalisation already gives unit scale).
+    Backward input: 1.
+    Backward weight, bias: ``(prod(normalized_shape) / input.size)^1/2``.
+    """
+    input = _float_array(input, "input")
+    shape, params, s = _norm_params(input, normalized_shape, {"weight": weight, "bias": bias})
+    axes = tuple(range(-len(shape), 0))
+    x = _upcast(input)
+    centred = x - x.mean(axes, keepdims=True)
+    y = centred * jax.lax.rsqrt((centred**2).mean(axes, keepdims=True) + eps)
+    if params["weight"] is not None:
+        y = y * scale_bwd(_upcast(params["weight"]), s)
+    if params["bias"] is not None:
+        y = y + scale_bwd(_upcast(params["bias"]), s)
+    return y.astype(input.dtype)
+
+
+def rms_norm(
+    input: ArrayLike,
+    normalized_shape: int | Sequence[int],
+    weight: ArrayLike | None = None,
+    eps: float = 1e-5,
+) -> jax.Array:
+    """RMS norm over the trailing ``normalized_shape`` axes: ``x / sqrt(mean(x^2) + eps) * weight``.
+
+    Forward: 1.
+    Backward input: 1.
+    Backward weight: ``(prod(normalized_shape) / input.size)^1/2``.
+    """
+    input = _float_array(input, "input")
+    shape, params, s = _norm_params(input, normalized_shape, {"weight": weight})
+    axes = tuple(range(-len(shape), 0))
+    x = _upcast(input)
+    y = x * jax.lax.rsqrt((x**2).mean(axes, keepdims=True) + eps)
+    if params["weight"] is not None:
+        y = y * scale_bwd(_upcast(params["weight"]), s)
+    return y.astype(input.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Addition and residual branches
+
+
+def add(
+    input: ArrayLike | float,
+    other: ArrayLike | float,
+    constraint: ConstraintLike = "to_output_scale",
+) -> jax.Array:
+    """Unit-scaled ``input + other`` with broadcasting.
+
+    Forward: ``2^-1/2``; 1 if either operand has a single element (a constant shifts, not widens).
+    Backward input: ``r_input^-1/2``, r = how many times broadcasting reuses each element.
+    Backward other: ``r_other^-1/2``.
+    Constraint ties all three (default ``to_output_scale``). A Python scalar operand gives a plain add.
+    """
+    if isinstance(input, numbers.Number) or isinstance(other, numbers.Number):
+        return jnp.add(input, other)
+    a, b = jnp.asarray(input), jnp.asarray(other)
+    if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(b.dtype, jnp.floating)):
+        raise TypeError(f"input or other must be floating-point, got {a.dtype} and {b.dtype}")
+    try:
+        out_size = math.prod(jnp.broadcast_shapes(a.shape, b.shape))
+    except ValueError:
+        raise ValueError(f"shapes of input {a.shape} and other {b.shape} do not broadcast") from None
+    dtype = jnp.result_type(a, b)
+    if out_size == 0:
+        return jnp.add(a, b)
+    out_s = 1.0 if min(a.size, b.size) == 1 else 2**-0.5
+    out_s, a_s, b_s = apply_constraint(
+        constraint, out_s, (a.size / out_size) ** 0.5, (b.size / out_size) ** 0.5
+    )
+    a = scale_bwd(_upcast(a.astype(dtype)), a_s)
+    b = scale_bwd(_upcast(b.astype(dtype)), b_s)
+    return scale_fwd(a + b, out_s).astype(dtype)
+
+
+def _tau_weights(tau: object) -> tuple[float, float]:
+    tau = _static_number(tau, "tau")
+    if tau < 0:
+        raise ValueError(f"tau must be non-negative, got {tau}")
+    denom = (1.0 + tau**2) ** 0.5
+    return tau / denom, 1.0 / denom
+
+
+def residual_split(input: ArrayLike, tau: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """Fork ``input`` into ``(residual, skip)`` for a branch weighted ``tau`` against the skip.
+
+    Forward: 1 on both (the weighting happens in :func:`residual_add`).
+    Backward residual: ``tau / (1+tau^2)^1/2``.
+    Backward skip: ``1 / (1+tau^2)^1/2``.
+    Together the two gradients sum to unit scale at ``input``.
+    """
+    input = _float_array(input, "input")
+    w_res, w_skip = _tau_weights(tau)
+    return scale_bwd(input, w_res), scale_bwd(input, w_skip)
+
+
+def residual_add(residual: ArrayLike, skip: ArrayLike, tau: float = 1.0) -> jax.Array:
+    """Join a residual branch and its skip: ``(tau * residual + skip) / (1+tau^2)^1/2``.
+
+    Forward residual: ``tau / (1+tau^2)^1/2``; forward skip: ``1 / (1+tau^2)^1/2``.
+    Backward residual, skip: 1 (:func:`residual_split` applies the weights on the way back).
+    """
+    residual, skip = _float_array(residual, "residual"), _float_array(skip, "skip")
+    if residual.shape != skip.shape:
+        raise ValueError(
+            f"residual and skip must have equal shapes, got {residual.shape} and {skip.shape}"
+        )
+    w_res, w_skip = _tau_weights(tau)
+    out = scale_fwd(_upcast(residual), w_res) + scale_fwd(_upcast(skip), w_skip)
+    return out.astype(jnp.result_type(residual, skip))
+
+
+def residual_apply(
+    fn: Callable[[jax.Array], jax.Array], input: ArrayLike, tau: float = 1.0
+) -> jax.Array:
+    """``residual_add(fn(residual), skip, tau)`` with ``residual, skip = residual_split(input, tau)``.
+
+    Forward: ``fn``'s branch weighted ``tau / (1+tau^2)^1/2``, the skip ``1 / (1+tau^2)^1/2``.
+    Backward input: the branch gradient weighted ``tau / (1+tau^2)^1/2`` plus the skip's ``1 / (1+tau^2)^1/2``.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    residual, skip = residual_split(input, tau)
+    return residual_add(fn(residual), skip, tau)
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedding and attention
+
+
+def embedding(input: ArrayLike, weight: ArrayLike, padding_idx: int | None = None) -> jax.Array:
+    """Look up rows of the table ``weight`` (vocab, d) at integer ids ``input``.
+
+    Forward: 1 (a row of a unit-variance table is unit-variance).
+    Backward weight: ``(vocab / input.size)^1/2``.
+    Rows at ``padding_idx`` receive no gradient. Out-of-range ids give NaN rows (``jnp.take`` fill).
+    """
+    ids, weight = _int_array(input, "input"), _float_array(weight, "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be a 2-D (vocab, d) table, got shape {weight.shape}")
+    vocab = weight.shape[0]
+    table = scale_bwd(weight, (vocab / max(ids.size, 1)) ** 0.5)
+    out = jnp.take(table, ids, axis=0)
+    if padding_idx is not None:
+        if not isinstance(padding_idx, int) or not -vocab <= padding_idx < vocab:
+            raise ValueError(f"padding_idx must be an int in [-{vocab}, {vocab}), got {padding_idx!r}")
+        is_pad = (ids == padding_idx % vocab)[..., None]
+        out = jnp.where(is_pad, jax.lax.stop_gradient(out), out)
+    return out
+
+
+def _attention_scale(seq: int, d_head: int, mult: float, dropout_p: float, causal: bool) -> float:
+    # Fitted model of the attention output std (unit-scaling 0.3.5, functional): near-uniform
+    # attention (small mult/d_head) averages seq values (causal: ~log(seq) of them on average),
+    # near-one-hot attention copies one value.
+    flat = (math.log(seq) if causal and seq > 1 else 1.0) / seq
+    alpha = 1.0 / (1.0 + 4.0 * d_head / mult**2)
+    return (1.0 - dropout_p) ** 0.5 / _log_interpolate(alpha, flat**0.5, 1.0)
+
+
+def _check_attention_shapes(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
+    if min(q.ndim, k.ndim, v.ndim) < 3:
+        raise ValueError(
+            "query, key and value must be (..., seq, heads, d_head); got shapes "
+            f"{q.shape}, {k.shape}, {v.shape}"
+        )
+    if not q.shape[:-3] == k.shape[:-3] == v.shape[:-3]:
+        raise ValueError(
+            f"query, key and value must share batch dimensions; got {q.shape}, {k.shape}, {v.shape}"
+        )
+    if k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"key and value must share (seq, heads); got {k.shape} and {v.shape}")
+    if q.shape[-2:] != k.shape[-2:]:
+        raise ValueError(f"query and key must share (heads, d_head); got {q.shape} and {k.shape}")
+
+
+def _attention_mask(
+    attn_mask: ArrayLike | None, is_causal: bool, logits_shape: tuple[int, ...]
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """Split the masking into a boolean keep-mask and an additive float bias."""
+    keep, bias = None, None
+    q_len, kv_len = logits_shape[-2:]
+    if is_causal:
+        keep = jnp.tril(jnp.ones((q_len, kv_len), dtype=bool))
+    if attn_mask is not None:
+        mask = jnp.asarray(attn_mask)
+        if jnp.broadcast_shapes(mask.shape, logits_shape) != logits_shape:
+            raise ValueError(
+                f"attn_mask of shape {mask.shape} must broadcast to (..., heads, q_seq, kv_seq) "
+                f"= {logits_shape}"
+            )
+        if mask.dtype == jnp.bool_:
+            keep = mask if keep is None else keep & mask
+        elif jnp.issubdtype(mask.dtype, jnp.floating):
+            bias = mask.astype(jnp.float32)
+        else:
+            raise TypeError(f"attn_mask must be boolean or floating-point, got dtype {mask.dtype}")
+    return keep, bias
+
+
+def scaled_dot_product_attention(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    attn_mask: ArrayLike | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    mult: float = 1.0,
+    *,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """Unit-scaled attention ``softmax(mult/d_head * q k^T + mask) v``, muP-style logits.
+
+    Layout: query ``(..., q_seq, heads, d_head)``, key/value ``(..., kv_seq, heads, d_head)``;
+    returns ``(..., q_seq, heads, d_head)``. ``attn_mask`` broadcasts to ``(..., heads, q_seq,
+    kv_seq)``: boolean (True = attend) or an additive float bias. ``is_causal`` masks key
+    positions after the query position (top-left aligned, as PyTorch). Dropout on the attention
+    probabilities follows PyTorch (kept entries / (1 - dropout_p)). Softmax runs in float32.
+
+    One scale s, with S = kv_seq, ``a = sigmoid(log(mult^2 / (4 d_head)))`` (unit-scaling 0.3.5):
+    ``s = (1-dropout_p)^1/2 / (f^(1-a))``, ``f = (1/S)^1/2`` or, causal, ``(log(S)/S)^1/2``.
+    Forward: ``s``.
+    Backward query, key, value: ``s`` each.
+    """
+    q, k, v = (_float_array(t, n) for t, n in ((query, "query"), (key, "key"), (value, "value")))
+    _check_attention_shapes(q, k, v)
+    dropout_p = _rate(dropout_p, "dropout_p")
+    mult = _positive(mult, "mult")
+    if dropout_p > 0.0 and rng is None:
+        raise ValueError(f"rng: attention dropout with dropout_p={dropout_p} needs a PRNG key `rng`")
+    q_len, heads, d_head = q.shape[-3:]
+    kv_len = k.shape[-3]
+    s = _attention_scale(kv_len, d_head, mult, dropout_p, bool(is_causal))
+    q, k, v = scale_bwd(q, s), scale_bwd(k, s), scale_bwd(v, s)
+
+    logits = jnp.einsum("...tnh,...snh->...nts", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (mult / d_head)
+    keep, bias = _attention_mask(attn_mask, bool(is_causal), logits.shape)
+    if bias is not None:
+        logits = logits + bias
+    if keep is not None:
+        # A finite floor (not -inf) keeps fully masked rows finite: they attend uniformly.
+        logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_p > 0.0:
+        kept = jax.random.bernoulli(rng, 1.0 - dropout_p, probs.shape)
+        probs = jnp.where(kept, probs / (1.0 - dropout_p), 0.0)
+    out_dtype = jnp.result_type(q, k, v)
+    out = jnp.einsum(
+        "...nts,...snh->...tnh", probs.astype(v.dtype), v,
+        preferred_element_type=_compute_dtype(out_dtype),
+    )
+    return scale_fwd(out, s).astype(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+@jax.custom_jvp
+def _mean_forward_only(total: jax.Array, count: jax.Array) -> jax.Array:
+    """``total / count`` in the forward pass; the gradient to ``total`` passes through undivided."""
+    return total / count
+
+
+@_mean_forward_only.defjvp
+def _mean_forward_only_jvp(primals, tangents):
+    (total, count), (d_total, _) = primals, tangents
+    return total / count, d_total
+
+
+def cross_entropy(
+    input: ArrayLike,
+    target: ArrayLike,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    mult: float = 1.0,
+) -> jax.Array:
+    """Unit-scaled softmax cross-entropy of logits ``input`` (..., V) against int ``target`` (...).
+
+    The loss value equals the standard one (``reduction="mean"`` averages over targets that are not
+    ``ignore_index``, as PyTorch and optax do); only the gradient is rescaled:
+    Forward logits: ``mult`` (applied before the softmax; forward only).
+    Forward loss: ``1/count`` for the mean (forward only), 1 for the sum.
+    Backward logits: ``V / (V-1)^1/2`` (the std of ``softmax - onehot`` is about ``(V-1)^1/2 / V``).
+    """
+    logits = _float_array(input, "input")
+    target = _int_array(target, "target")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    mult = _positive(mult, "mult")
+    if logits.ndim == 0 or target.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"target shape {target.shape} must equal input shape without its class axis; "
+            f"got input {logits.shape}"
+        )
+    vocab = logits.shape[-1]
+    if vocab < 2:
+        raise ValueError(f"input must have at least 2 classes on its last axis, got {vocab}")
+    x = scale_fwd(scale_bwd(_upcast(logits), vocab / (vocab - 1) ** 0.5), mult)
+    log_probs = jax.nn.log_softmax(x, axis=-1)
+    valid = target != ignore_index
+    safe_target = jnp.where(valid, target, 0)[..., None]
+    nll = -jnp.take_along_axis(log_probs, safe_target, axis=-1)[..., 0]
+    total = jnp.sum(jnp.where(valid, nll, 0.0))
+    if reduction == "mean":
+        total = _mean_forward_only(total, jnp.sum(valid).astype(total.dtype))
+    return total.astype(logits.dtype)
+
+
+def mse_loss(input: ArrayLike, target: ArrayLike, *, reduction: str = "mean") -> jax.Array:
+    """Unit-scaled squared error ``sum((input - target)^2)``, divided by ``input.size`` for the mean.
+
+    Forward: ``1/input.size`` for the mean (forward only), 1 for the sum: the value is the standard loss.
+    Backward input: ``8^-1/2`` (``2 (input - target)`` has std ``8^1/2`` for unit inputs).
+    Backward target: ``8^-1/2``.
+    """
+    input, target = _float_array(input, "input"), _float_array(target, "target")
+    if input.shape != target.shape:
+        raise ValueError(
+            f"input and target must have equal shapes, got {input.shape} and {target.shape}"
+        )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    s = 8**-0.5
+    diff = scale_bwd(_upcast(input), s) - scale_bwd(_upcast(target), s)
+    total = jnp.sum(diff**2)
+    if reduction == "mean":
+        total = scale_fwd(total, 1.0 / max(input.size, 1))
+    return total.astype(jnp.result_type(input, target))
