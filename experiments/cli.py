@@ -143,6 +143,18 @@ class ExperimentCLI:
             initialize_distributed()
         return args
 
+    def parse_dict(self, values: Mapping[str, Any]) -> argparse.Namespace:
+        """Options from a dict keyed by option name (``{"lr": 1e-3, "quick": True}``), e.g. a sweep config;
+        ``quick`` picks the quick values for the keys not given."""
+        values = dict(values)
+        args = self.parse(["--quick"] if values.pop("quick", False) else [])
+        unknown = sorted(k for k in values if not hasattr(args, k))
+        if unknown:
+            raise ValueError(f"values: unknown options {unknown}; known: {sorted(vars(args))}")
+        for key, value in values.items():
+            setattr(args, key, value)
+        return args
+
     def train_config(self, args: argparse.Namespace) -> TrainConfig:
         """The :class:`TrainConfig` of parsed ``args``; bad values raise ValueError naming the option."""
         try:

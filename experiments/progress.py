@@ -66,8 +66,8 @@ class Progress:
                               refresh=False)
 
     def write(self, line: str) -> None:
-        """Print a line above the bar (or plainly when there is no bar)."""
-        self._bar.write(line, file=self._file)
+        """Print a line to stdout above the bar (which lives on stderr), or plainly when there is no bar."""
+        self._bar.write(line, file=sys.stdout)
 
     def close(self) -> None:
         self._bar.close()

@@ -367,7 +367,10 @@ def _run_steps(loop: _Loop, state: TrainState, start: int, batches: Iterator, st
                started: float) -> tuple[TrainState, dict]:
     config, timings = loop.config, {"first_step_s": math.nan}
     for step in range(start + 1, config.steps + 1):
-        state = loop.train_step(state, parallel.shard_batch(next(batches), loop.mesh))
+        batch = next(batches, None)
+        if batch is None:
+            raise ValueError(f"batches: the iterator ran out before step {step} of {config.steps}")
+        state = loop.train_step(state, parallel.shard_batch(batch, loop.mesh))
         loop.progress.advance()
         if step == start + 1:
             jax.block_until_ready(state)
@@ -378,8 +381,9 @@ def _run_steps(loop: _Loop, state: TrainState, start: int, batches: Iterator, st
             loop.check_finite(state)  # before any record or checkpoint of a step past the failure
         if logging:
             loop.log_train(state, step, time.perf_counter() - started)
-        if step % config.eval_every == 0 and step < config.steps and "val" in loop.eval_data:
-            loop.print_line(step, loop.log_eval(state, step, "val", config.eval_batches))
+        if step % config.eval_every == 0 and step < config.steps:
+            val = loop.log_eval(state, step, "val", config.eval_batches) if "val" in loop.eval_data else None
+            loop.print_line(step, val)
         if step % config.checkpoint_every == 0:
             loop.save(state, step)
         if stop.received:
@@ -416,6 +420,10 @@ def train(model: nnx.Module, loss_fn: LossFn, config: TrainConfig, *,
     lr = learning_rate_schedule(config.optimizer, config.steps) if optimizer is None else None
     optimizer = optimizer or make_optimizer(config.optimizer, config.steps)
     probe = next(iter(batches(0)))
+    rows = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(probe)}
+    if rows != {config.batch_size}:
+        raise ValueError(f"batches: leading dimensions {sorted(rows, key=str)} of the batch leaves differ from "
+                         f"config.batch_size = {config.batch_size}")
     graphdef, state = init_state(model, loss_fn, optimizer, probe, recipe_state)
     step_fn = make_train_step(graphdef, loss_fn, optimizer, log_every=config.log_every,
                               value_and_grad=value_and_grad, skips_nonfinite=skips_nonfinite,

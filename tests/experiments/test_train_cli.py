@@ -59,6 +59,15 @@ def test_an_explicit_option_beats_quick():
     assert config.data_parallel == 1 and config.out_dir == "elsewhere"
 
 
+def test_a_dict_of_options_parses_like_the_command_line():
+    cli = make_cli()
+    args = cli.parse_dict({"quick": True, "lr": 0.25, "width": 12, "unit_scaled": False})
+    config = cli.train_config(args)
+    assert (config.steps, config.optimizer.lr, args.width, args.unit_scaled) == (40, 0.25, 12, False)
+    with pytest.raises(ValueError, match=r"unknown options \['depth'\]"):
+        cli.parse_dict({"depth": 3})
+
+
 def test_help_lists_defaults_and_quick_values(capsys):
     with pytest.raises(SystemExit) as done:
         make_cli().parse(["--help"])
