@@ -215,3 +215,123 @@ def get_chip(chip: str | Chip) -> Chip:
     if key not in CHIPS:
         raise ValueError(f"unknown chip {chip!r}; valid chips: {', '.join(CHIPS)}")
     return CHIPS[key]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Systems: IPUs joined by IPU-Links inside a machine and across machines, gateways beyond.
+
+
+@dataclass(frozen=True)
+class Links:
+    """Point-to-point IPU-Link performance between two IPUs, one direction.
+
+    A transfer of ``b`` bytes from IPU x to IPU y costs ``latency + b / bandwidth``; IPUs in the
+    same machine use the ``same_machine_*`` numbers, IPUs in machines ``d`` apart (``d >= 1``)
+    ``cross_machine_bytes_per_s`` and ``cross_machine_latency_s + (d - 1) * hop_latency_s``.
+    """
+
+    same_machine_bytes_per_s: float
+    cross_machine_bytes_per_s: float
+    same_machine_latency_s: float
+    cross_machine_latency_s: float
+    hop_latency_s: float
+
+
+# J19 measured IPU-to-IPU rates on GC2 C2 cards (2 IPUs per board): "same board 55 GB/s one-way;
+# across boards 27.7 one-way" and latencies "same board 0.633 us, direct link 0.524 us ... +0.16 us
+# per hop" (reference, microbenchmark rows). Mk2 IPUs have the same links ("IPU-Links: 10 links,
+# 320 GB/s" = GC2's 10 x 32 GB/s per direction, chips row), so we take the measured rates as the
+# Mk2 ones, with a machine (IPU-M2000 / Bow-2000) in the place of J19's board.
+MK2_LINKS = Links(
+    same_machine_bytes_per_s=55 * GB,
+    cross_machine_bytes_per_s=27.7 * GB,
+    same_machine_latency_s=0.633e-6,
+    cross_machine_latency_s=0.524e-6,
+    hop_latency_s=0.16e-6,
+)
+
+# Assumption (not in the reference): IPU-Links join at most a POD64 (16 machines); bigger PODs are
+# POD64s joined through the machines' gateways (see ipu_sim.system.SystemParams for their rate).
+IPU_LINK_DOMAIN_IPUS = 64
+# "DDR4 on the IPU-Machine, shared by 4 IPUs" (streaming memory row); also "IPU-M2000 ... (4 IPUs)".
+IPUS_PER_MACHINE = 4
+
+
+@dataclass(frozen=True)
+class System:
+    """A training system: ``ipus`` chips in machines of ``ipus_per_machine``.
+
+    IPU ``i`` sits in machine ``i // ipus_per_machine`` and IPU-Link domain
+    ``i // link_domain_ipus``; machines of one domain form a ring of IPU-Links.
+    """
+
+    name: str
+    chip: Chip
+    ipus: int
+    ipus_per_machine: int
+    link_domain_ipus: int
+    links: Links | None  # None: a single IPU, nothing to link
+    description: str
+
+    @property
+    def machines(self) -> int:
+        return -(-self.ipus // self.ipus_per_machine)
+
+    @property
+    def has_streaming_memory(self) -> bool:
+        return self.chip.streaming_bytes_per_s > 0
+
+    def machine_of(self, ipu: int) -> int:
+        return ipu // self.ipus_per_machine
+
+    def domain_of(self, ipu: int) -> int:
+        return ipu // self.link_domain_ipus
+
+
+def _single(name: str, chip: Chip, description: str) -> System:
+    return System(name, chip, 1, 1, 1, None, description)
+
+
+def _machines(chip: Chip, name: str, ipus: int, description: str) -> System:
+    return System(name, chip, ipus, IPUS_PER_MACHINE, min(ipus, IPU_LINK_DOMAIN_IPUS), MK2_LINKS,
+                  description)
+
+
+def _build_systems() -> dict[str, System]:
+    systems = [
+        _single("gc2-ipu", GC2, "one GC2 (Mk1) IPU"),
+        _single("gc200-ipu", GC200, "one GC200 (Mk2) IPU"),
+        _single("bow-ipu", BOW, "one Bow IPU"),
+        _single("c600", C600, "C600 PCIe card: one Bow IPU at card clock, FP8, no streaming memory"),
+        _machines(GC200, "gc200-m2000", 4, "IPU-M2000: 4 GC200 IPUs"),
+        _machines(BOW, "bow-m2000", 4, "Bow-2000: 4 Bow IPUs"),
+    ]
+    for chip, label in ((GC200, "gc200"), (BOW, "bow")):
+        machine = "IPU-M2000" if chip is GC200 else "Bow-2000"
+        chip_label = "GC200" if chip is GC200 else "Bow"
+        for ipus in (16, 64, 128, 256):
+            systems.append(_machines(chip, f"{label}-pod{ipus}", ipus,
+                                     f"{chip_label} POD{ipus}: {ipus // 4} {machine}s"))
+    return {s.name: s for s in systems}
+
+
+SYSTEMS: Mapping[str, System] = types.MappingProxyType(_build_systems())
+# Other names people use; a bare chip name means one IPU of that chip.
+SYSTEM_ALIASES: Mapping[str, str] = types.MappingProxyType({
+    "ipu-m2000": "gc200-m2000", "m2000": "gc200-m2000", "bow-2000": "bow-m2000",
+    "gc2": "gc2-ipu", "gc200": "gc200-ipu", "bow": "bow-ipu", "c600-ipu": "c600",
+})
+
+
+def get_system(system: str | System) -> System:
+    """The :class:`System` called ``system`` (case-insensitive; aliases and chip names accepted)."""
+    if isinstance(system, System):
+        return system
+    if not isinstance(system, str):
+        raise TypeError(f"system must be a system name or a System, got {type(system).__name__}")
+    key = system.lower().replace("_", "-")
+    key = SYSTEM_ALIASES.get(key, key)
+    if key not in SYSTEMS:
+        raise ValueError(f"unknown system {system!r}; valid systems: {', '.join(SYSTEMS)} "
+                         "(`python -m ipu_sim --system list` describes them)")
+    return SYSTEMS[key]
