@@ -588,7 +588,11 @@ def _attention_mask(
         keep = jnp.tril(jnp.ones((q_len, kv_len), dtype=bool))
     if attn_mask is not None:
         mask = jnp.asarray(attn_mask)
-        if jnp.broadcast_shapes(mask.shape, logits_shape) != logits_shape:
+        try:
+            fits = jnp.broadcast_shapes(mask.shape, logits_shape) == logits_shape
+        except ValueError:
+            fits = False
+        if not fits:
             raise ValueError(
                 f"attn_mask of shape {mask.shape} must broadcast to (..., heads, q_seq, kv_seq) "
                 f"= {logits_shape}"
