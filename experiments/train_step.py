@@ -115,7 +115,9 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
     """The (unjitted) train step ``state, batch -> state`` described in the module docstring."""
 
     def train_step(state: TrainState, batch: Batch) -> TrainState:
-        model = nnx.merge(graphdef, state.params, state.rest)
+        # nnx.merge shares Variables with the states it is given and the forward pass updates them in
+        # place; merging copies keeps `state.rest` the old value that a halted step must return.
+        model = nnx.merge(graphdef, *jax.tree.map(lambda x: x, (state.params, state.rest)))
         loss, totals, grads, recipe_state, finite = value_and_grad(loss_fn, model, batch, state.recipe_state)
         _, _, rest = split_model(model)  # the forward pass may have advanced RNG counters, scale histories, ...
         finite = finite & jnp.isfinite(loss)

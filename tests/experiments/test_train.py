@@ -220,30 +220,41 @@ def test_crash_then_resume_from_the_last_periodic_checkpoint_is_bit_identical(re
 # ---------------------------------------------------------------------------------------------
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_step(reference, tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"NaN/inf at step 15 .*last good step 14") as err:
-        run(tmp_path, poison_at=14)
-    assert err.value.step == 14
+    # Batch 10 is poisoned: step 11 fails, the loop notices at the record of step 12.
+    with pytest.raises(NonFiniteLossError, match=r"NaN/inf at step 11 .*last good step 10") as err:
+        run(tmp_path, poison_at=10)
+    assert err.value.step == 10
+    graphdef, template, step_fn = _fresh_state()
     with CheckpointStore(tmp_path / "checkpoints") as store:
-        assert store.latest_step() == 14
-        template = _state_template()
-        kept, _ = store.restore(14, template)
+        assert store.steps() == [7, 10]
+        kept, _ = store.restore(10, template)
     with CheckpointStore(reference[0] / "checkpoints") as store:
-        expected, _ = store.restore(14, template)
-    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), kept.params, expected.params))
-    assert int(kept.halted_at) == -1 and int(kept.step) == 14
+        expected, _ = store.restore(7, template)
+    for step in range(7, 10):  # the reference's state at step 10, stepped on from its checkpoint at 7
+        expected = step_fn(expected, data.lm_batch(TRAIN, step, batch_size=B, seq_len=T))
+    same = jax.tree.map(lambda a, b: np.array_equal(_raw(a), _raw(b)), kept, expected)
+    assert jax.tree.all(same), same  # params, optimiser, RNG counters, metric sums: all of step 10
+    assert int(kept.halted_at) == -1 and int(kept.step) == 10
     recs = read_jsonl(tmp_path / "metrics.jsonl")
     assert all(math.isfinite(r["loss"]) for r in recs if "loss" in r)
-    assert max(r["step"] for r in recs if r["kind"] != "event") <= 14
+    assert max(r["step"] for r in recs if r["kind"] != "event") <= 10
     assert recs[-1]["event"] == "nonfinite"
 
 
-def _state_template():
+def _raw(x):
+    return jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+
+
+def _fresh_state():
+    """The graphdef, step-0 state and jitted train step of the reference configuration."""
     from experiments.optimizers import make_optimizer
-    from experiments.train_step import init_state
+    from experiments.train_step import init_state, make_train_step
 
     cfg = config("unused")
+    optimizer = make_optimizer(cfg.optimizer, cfg.steps)
     probe = data.lm_batch(TRAIN, 0, batch_size=B, seq_len=T)
-    return init_state(TinyLM(VOCAB.size, 16), lm_loss, make_optimizer(cfg.optimizer, cfg.steps), probe)[1]
+    graphdef, state = init_state(TinyLM(VOCAB.size, 16), lm_loss, optimizer, probe)
+    return graphdef, state, jax.jit(make_train_step(graphdef, lm_loss, optimizer, log_every=cfg.log_every))
 
 
 def halving_scaler(loss_fn, model, batch, scale):
