@@ -8,7 +8,7 @@ one hop per machine on the shorter way round the ring).
 
 All-reduce of ``n`` bytes over ``R`` IPUs of one domain: a bidirectional ring (half of every chunk
 goes each way round): reduce-scatter then all-gather, ``2 (R - 1)`` steps of ``n / (2R)`` bytes per
-direction, each step paced by the slowest hop of the ring. Across ``D`` domains (POD128/256): ring
+direction, each step paced by the slowest hop of the ring (members ordered to keep hops short). Across ``D`` domains (POD128/256): ring
 inside each domain (reduce-scatter), a ring over the domains through the gateways on the ``n / R``
 shard each IPU owns, then the all-gather inside the domain. The additions of the reduction run on
 the tiles at >100x link speed and are not charged.
@@ -77,12 +77,23 @@ def transfer_seconds(system: System, a: int, b: int, nbytes: float) -> float:
     return latency + nbytes / rate
 
 
+def ring_order(system: System, members: Sequence[int]) -> list[int]:
+    """``members`` in ring order: ascending, or "snaked" (every other member up, the rest back
+    down) when that shortens the longest hop -- a ring over part of the machines would otherwise
+    close with a hop across all of them."""
+    up = sorted(members)
+    snake = up[0::2] + up[1::2][::-1]
+    longest = lambda order: max(link(system, a, b)[1] for a, b in zip(order, order[1:] + order[:1]))  # noqa: E731
+    return snake if longest(snake) < longest(up) else up
+
+
 def ring_allreduce_seconds(system: System, members: Sequence[int], nbytes: float) -> float:
     """Bidirectional ring all-reduce of ``nbytes`` over ``members`` (IPUs of one domain)."""
     r = len(members)
     if r < 2 or nbytes <= 0:
         return 0.0
-    hops = [link(system, members[i], members[(i + 1) % r]) for i in range(r)]
+    order = ring_order(system, members)
+    hops = [link(system, a, b) for a, b in zip(order, order[1:] + order[:1])]
     rate = min(h[0] for h in hops)
     latency = max(h[1] for h in hops)
     return 2 * (r - 1) * (latency + nbytes / (2 * r) / rate)

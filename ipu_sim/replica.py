@@ -4,7 +4,9 @@ For every IPU of a replica (see :mod:`ipu_sim.placement`):
 
 * the *micro-batch program* -- its forward, backward (and recomputation) ops -- is estimated once
   with :func:`~ipu_sim.estimator.estimate_program`; its per-op cycles give each pipeline stage's
-  forward and backward seconds per micro-batch, and its per-tile memory the peak of one micro-batch;
+  forward and backward seconds per micro-batch, and its per-tile memory the peak of one micro-batch
+  (gradients leave it for their accumulators as they are made, activations for other IPUs once
+  sent: the system model adds accumulators and stashes);
 * the *update program* -- its optimizer ops -- is estimated the same way (with optimizer state and
   master weights streamed in and out if they live off-chip, :func:`~ipu_sim.transforms.stream_inputs`).
 
@@ -88,8 +90,8 @@ def cost_replica(program: Program, placement: Placement, chip: Chip, *, recomput
     ipus = []
     for ipu in range(placement.ipus):
         indices = placement.ops_on(ipu, PASSES)
-        est = estimate_program(program.stage(indices), chip, available_memory_proportion, params,
-                               fuse=False, donate=False)
+        est = estimate_program(flow.micro_batch_program(indices), chip,
+                               available_memory_proportion, params, fuse=False, donate=False)
         for i, cost in zip(indices, est.ops):
             target = fwd if placement.phase[i] == FORWARD else bwd
             target[placement.stage[i]] += chip.seconds(cost.cycles)
@@ -145,6 +147,15 @@ class _Flow:
             data_ids = {vid for vid in inputs if read_by[vid] & set(PASSES)
                         and UPDATE not in read_by[vid] and vid not in rewritten}
         self.data_ids = set(data_ids)
+
+    def micro_batch_program(self, indices: list[int]) -> Program:
+        """The ops at ``indices`` as a program whose only outputs are the step's own (e.g. the
+        loss): a value sent to another IPU is freed once sent (or kept in the stash, which the
+        system model counts), a gradient once added into its accumulator."""
+        stage = self.program.stage(indices)
+        keep = {v.id for v in self.program.outputs} - {v.id for v in self.gradients()}
+        return Program(stage.ops, stage.inputs, tuple(v for v in stage.outputs if v.id in keep),
+                       stage.constants)
 
     def producer_ipu(self, vid: int) -> int:
         i = self.producer.get(vid)

@@ -28,7 +28,8 @@ Memory per IPU (per tile, the quantity that decides whether Poplar compiles): th
 
 * during the pipeline: the micro-batch program's peak (weights, one micro-batch's activations,
   temporaries, code) plus, spread evenly over the tiles, the activations stashed for the other
-  micro-batches in flight, the gradient accumulators (``grad_accum > 1``) and the optimizer state
+  micro-batches in flight, the gradients (accumulators when ``grad_accum > 1``; with one
+  micro-batch, an upper bound: all of them as at the end of the backward) and the optimizer state
   (unless off-chip);
 * during the update: the update program's peak (optimizer state streamed tensor by tensor when
   off-chip);
@@ -340,7 +341,7 @@ def _memory(p: IPUPrograms, costs: ReplicaCosts, m: int, stage_in_flight) -> IPU
     stages = [k for k, d in enumerate(costs.chain) if d == p.ipu]
     extras = {"stashed_activations": sum((stage_in_flight[k] - 1) * costs.stash_bytes[k]
                                          for k in stages),
-              "gradient_accumulators": p.gradient_bytes if m > 1 else 0,
+              "gradients": p.gradient_bytes,  # accumulators, or awaiting the update if m == 1
               "optimizer_state": 0 if costs.offload_optimizer else p.state_bytes}
     per_tile = {k: math.ceil(v / tiles) for k, v in extras.items() if v}
     runtime = costs.params.runtime_bytes  # counted once although both programs include it

@@ -3,9 +3,8 @@
 A :class:`ModelConfig` describes a transformer (``kind`` "bert": post-LN encoder, masked-LM and
 next-sentence heads as in BERT pre-training; ``kind`` "gpt": pre-LN causal decoder with a language-model
 head, as GPT-2). :func:`build` turns it into a :class:`Workload`: a train step
-``step(params, opt_state, batch) -> (params, opt_state, loss)`` -- loss, ``jax.grad``, and an
-optimizer update (LAMB for BERT, Adam for GPT-2; decoupled weight decay) written out here so that
-``ipu_sim`` depends on nothing but JAX -- plus abstract arguments (``jax.ShapeDtypeStruct``s: nothing
+``step(params, opt_state, batch) -> (params, opt_state, loss)`` -- loss, ``jax.grad``, and an AdamW
+update written out here so that ``ipu_sim`` depends on nothing but JAX -- plus abstract arguments (``jax.ShapeDtypeStruct``s: nothing
 is allocated) for one micro-batch.
 
 The step follows the pipelining contract of :mod:`ipu_sim.placement`: embeddings under
@@ -165,14 +164,13 @@ def build(model: str | ModelConfig, *, micro_batch: int = 1, seq: int | None = N
         raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
     dt = _DTYPES[dtype]
     params = _param_shapes(config, seq, dt)
-    lamb = config.kind == "bert"
     opt_state = jax.eval_shape(lambda p: init_optimizer(p, master=dt != jnp.float32), params)
     batch = _batch_shapes(config, micro_batch, seq)
     loss = bert_loss if config.kind == "bert" else gpt_loss
 
     def step(params, opt_state, batch):
         value, grads = jax.value_and_grad(loss)(params, batch, config)
-        params, opt_state = optimizer_update(params, opt_state, grads, lamb=lamb)
+        params, opt_state = optimizer_update(params, opt_state, grads)
         return params, opt_state, value
 
     return Workload(config, jax.jit(step), (params, opt_state, batch), micro_batch, seq, dtype)
@@ -282,44 +280,67 @@ def gpt_loss(params, batch, c: ModelConfig):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Optimizer: Adam (Kingma & Ba 2015) with decoupled weight decay; LAMB (You et al. 2020) scales each
-# tensor's update by the trust ratio ||w|| / ||update||.
+# Optimizer: AdamW (Kingma & Ba 2015; decoupled weight decay, Loshchilov & Hutter 2019) for every
+# preset. (Graphcore's BERT recipes use LAMB, whose per-tensor trust ratio adds two norms per tensor
+# once per weight update -- a negligible share of a step with gradient accumulation.)
+#
+# A tensor of more than OPTIMIZER_CHUNK_ELEMENTS has its moments and master weights kept as row
+# chunks, updated one chunk at a time, so that state streamed from off-chip memory is live one chunk
+# at a time. The chunk size is a choice of this workload (Poplar streams remote buffers piecewise);
+# it changes no FLOPs or bytes moved.
+OPTIMIZER_CHUNK_ELEMENTS = 1 << 21
+
+
+def _row_chunks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    rows = shape[0] if shape else 1
+    per_row = math.prod(shape[1:]) if len(shape) > 1 else 1
+    n = max(1, min(rows, -(-rows * per_row // OPTIMIZER_CHUNK_ELEMENTS)))
+    bounds = [round(i * rows / n) for i in range(n + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _chunked(x) -> list:
+    if x.ndim == 0:
+        return [x]
+    return [x[a:b] for a, b in _row_chunks(x.shape)]
+
 
 def init_optimizer(params, master: bool) -> dict:
-    """fp32 moments m, v (and fp32 master weights if ``master``) for every parameter."""
-    zeros = lambda p: jnp.zeros(p.shape, jnp.float32)  # noqa: E731
-    state = dict(count=jnp.zeros((), jnp.int32), m=jax.tree.map(zeros, params),
-                 v=jax.tree.map(zeros, params))
+    """fp32 moments m, v (and fp32 master weights if ``master``) per parameter, as row chunks."""
+    f32 = lambda x: [c.astype(jnp.float32) for c in _chunked(x)]  # noqa: E731
+    zeros = lambda x: [jnp.zeros_like(c) for c in f32(x)]  # noqa: E731
+    leaves = jax.tree.leaves(params)
+    state = dict(count=jnp.zeros((), jnp.int32), m=[zeros(p) for p in leaves],
+                 v=[zeros(p) for p in leaves])
     if master:
-        state["master"] = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+        state["master"] = [f32(p) for p in leaves]
     return state
 
 
-def optimizer_update(params, state, grads, *, lamb: bool, lr: float = 1e-4, b1: float = 0.9,
+def optimizer_update(params, state, grads, *, lr: float = 1e-4, b1: float = 0.9,
                      b2: float = 0.999, eps: float = 1e-6, weight_decay: float = 0.01):
-    """One Adam / LAMB step, parameter by parameter (so a streamed state is live one tensor at a
-    time): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2, u = m_hat / (sqrt(v_hat) + eps) + wd w,
-    w -= lr * u (times ||w|| / ||u|| for LAMB)."""
+    """One AdamW step, chunk by chunk: m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2,
+    w -= lr (m_hat / (sqrt(v_hat) + eps) + wd w), weights = w in their storage dtype."""
     count = state["count"] + 1
     c1 = 1 - b1 ** count.astype(jnp.float32)
     c2 = 1 - b2 ** count.astype(jnp.float32)
     leaves, tree = jax.tree.flatten(params)
-    masters = jax.tree.leaves(state["master"]) if "master" in state else leaves
+    masters = state.get("master") or [_chunked(p) for p in leaves]
     new = {k: [] for k in ("p", "m", "v", "w")}
-    for p, w, g, m, v in zip(leaves, masters, jax.tree.leaves(grads), jax.tree.leaves(state["m"]),
-                             jax.tree.leaves(state["v"])):
-        w = w.astype(jnp.float32)
-        g = g.astype(jnp.float32)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * jnp.square(g)
-        u = (m / c1) / (jnp.sqrt(v / c2) + eps) + weight_decay * w
-        if lamb:
-            wn, un = jnp.linalg.norm(w), jnp.linalg.norm(u)
-            u = u * jnp.where((wn > 0) & (un > 0), wn / jnp.maximum(un, 1e-30), 1.0)
-        w = w - lr * u
-        for key, value in (("p", w.astype(p.dtype)), ("m", m), ("v", v), ("w", w)):
-            new[key].append(value)
-    out = dict(count=count, m=tree.unflatten(new["m"]), v=tree.unflatten(new["v"]))
+    for p, ws, g, ms, vs in zip(leaves, masters, jax.tree.leaves(grads), state["m"], state["v"]):
+        parts = {k: [] for k in ("p", "m", "v", "w")}
+        for w, gc, m, v in zip(ws, _chunked(g), ms, vs):
+            # Each line is one fused element-wise pass (one consumer per intermediate).
+            m = b1 * m + (1 - b1) * gc.astype(jnp.float32)
+            v = b2 * v + (1 - b2) * jnp.square(gc.astype(jnp.float32))
+            w = w.astype(jnp.float32)
+            w = w - lr * ((m / c1) / (jnp.sqrt(v / c2) + eps) + weight_decay * w)
+            for key, value in (("p", w.astype(p.dtype)), ("m", m), ("v", v), ("w", w)):
+                parts[key].append(value)
+        new["p"].append(jnp.concatenate(parts["p"]) if p.ndim else parts["p"][0])
+        for key in ("m", "v", "w"):
+            new[key].append(parts[key])
+    out = dict(count=count, m=new["m"], v=new["v"])
     if "master" in state:
-        out["master"] = tree.unflatten(new["w"])
+        out["master"] = new["w"]
     return tree.unflatten(new["p"]), out
