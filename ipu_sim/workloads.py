@@ -20,6 +20,7 @@ what ``offload_optimizer`` streams). Adam/LAMB moments are fp32.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
@@ -184,8 +185,8 @@ def _param_shapes(c: ModelConfig, seq: int, dt) -> dict:
     d, f = c.d_model, c.ffn
     layer = dict(qkv=s(d, 3 * d), qkv_b=s(3 * d), out=s(d, d), out_b=s(d), ln1_g=s(d), ln1_b=s(d),
                  up=s(d, f), up_b=s(f), down=s(f, d), down_b=s(d), ln2_g=s(d), ln2_b=s(d))
-    params: dict[str, Any] = dict(tok=s(c.vocab, d), pos=s(seq, d),
-                                  layers=[dict(layer) for _ in range(c.depth)])
+    tok = s(c.vocab, d) if c.kind == "bert" else [s(b - a, d) for a, b in vocab_chunks(c.vocab)]
+    params: dict[str, Any] = dict(tok=tok, pos=s(seq, d), layers=[dict(layer) for _ in range(c.depth)])
     if c.kind == "bert":
         params.update(seg=s(2, d), emb_g=s(d), emb_b=s(d), mlm_w=s(d, d), mlm_b=s(d), mlm_g=s(d),
                       mlm_beta=s(d), mlm_bias=s(c.vocab), pool_w=s(d, d), pool_b=s(d),
@@ -269,14 +270,63 @@ def gpt_loss(params, batch, c: ModelConfig):
     """GPT-2 language-model loss: next-token cross-entropy at every position, tied embeddings."""
     tokens = batch["tokens"]
     with jax.named_scope("embeddings"):
-        x = params["tok"][tokens] + params["pos"][None, : tokens.shape[1]]
+        x = chunked_embedding(params["tok"], tokens) + params["pos"][None, : tokens.shape[1]]
     for i, p in enumerate(params["layers"]):
         with jax.named_scope(f"layer_{i}"):
             x = x + attention(p, layer_norm(x, p["ln1_g"], p["ln1_b"]), c.heads, causal=True)
             x = x + mlp(p, layer_norm(x, p["ln2_g"], p["ln2_b"]))
     with jax.named_scope("head"):
         x = layer_norm(x, params["final_g"], params["final_b"])
-        return cross_entropy(x @ params["tok"].T, batch["labels"])
+        return chunked_cross_entropy(x, params["tok"], batch["labels"])
+
+
+# GPT's tied token table is stored as row chunks of at most HEAD_CHUNK tokens, and the head runs
+# chunk by chunk, each under jax.checkpoint: a chunk's logits exist only while it is processed (and
+# again in the backward), never the fp32 logits of the whole vocabulary -- 206 MB per 1024-token
+# sequence for GPT-2, more than a fifth of an IPU. Costs one more forward of the head matmul. Keeping
+# the chunks as separate arrays (rather than slicing one table) keeps their gradients chunk-sized.
+# The chunk size is a choice of this workload (in the spirit of Graphcore's serialised embedding /
+# output layer); small vocabularies have one chunk.
+HEAD_CHUNK = 8192
+
+
+def vocab_chunks(vocab: int) -> list[tuple[int, int]]:
+    """[start, end) token ranges of the table chunks: equal, at most HEAD_CHUNK each."""
+    n = -(-vocab // HEAD_CHUNK)
+    bounds = [round(i * vocab / n) for i in range(n + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def chunked_embedding(tables: list, tokens):
+    """Rows ``tokens`` of the table whose row chunks are ``tables``."""
+    if len(tables) == 1:
+        return tables[0][tokens]
+    out, start = 0, 0
+    for w in tables:
+        index = tokens - start
+        inside = ((index >= 0) & (index < w.shape[0]))[..., None]
+        out = out + jnp.where(inside, w[jnp.clip(index, 0, w.shape[0] - 1)], 0)
+        start += w.shape[0]
+    return out
+
+
+def chunked_cross_entropy(x, tables: list, labels):
+    """Mean over tokens of logsumexp(x W^T) - (x W^T)[label], W given by its row chunks
+    ``tables``: logsumexp combines the chunks' logsumexps; the label's logit comes from its chunk."""
+
+    def part(x, w, start):
+        logits = (x @ w.T).astype(jnp.float32)
+        index = labels - start
+        inside = (index >= 0) & (index < w.shape[0])
+        picked = jnp.take_along_axis(logits, jnp.clip(index, 0, w.shape[0] - 1)[..., None], -1)
+        return jax.nn.logsumexp(logits, axis=-1), jnp.where(inside, picked[..., 0], 0.0)
+
+    starts = [0]
+    for w in tables[:-1]:
+        starts.append(starts[-1] + w.shape[0])
+    parts = [jax.checkpoint(part, static_argnums=2)(x, w, a) for w, a in zip(tables, starts)]
+    lse = functools.reduce(jnp.logaddexp, [p[0] for p in parts])
+    return (lse - sum(p[1] for p in parts)).mean()
 
 
 # ---------------------------------------------------------------------------------------------------

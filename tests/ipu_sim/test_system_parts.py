@@ -17,7 +17,8 @@ from ipu_sim.hardware import MK2_LINKS, SYSTEMS, get_system
 from ipu_sim.pipeline import in_flight, pipeline_time
 from ipu_sim.placement import FORWARD, PASSES, RECOMPUTE, anchor_ops, place_ops
 from ipu_sim.transforms import recompute_layers, stream_inputs, with_matmul_precision
-from ipu_sim.workloads import PRESETS, ModelConfig, build, load_config
+from ipu_sim.workloads import (PRESETS, ModelConfig, build, chunked_cross_entropy, chunked_embedding,
+                               cross_entropy, load_config, vocab_chunks)
 
 # -- systems -----------------------------------------------------------------------------------------
 
@@ -245,6 +246,26 @@ def test_workload_step_is_a_real_train_step():
     assert jnp.isfinite(loss) and int(new_state["count"]) == 1
     moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params, new_params)
     assert any(jax.tree.leaves(moved))
+
+
+def test_chunked_head_and_embedding_equal_the_whole_table():
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (2, 5, 8))
+    table = jax.random.normal(keys[1], (30, 8))
+    labels = jax.random.randint(keys[2], (2, 5), 0, 30)
+    chunks = [table[:10], table[10:21], table[21:]]
+
+    def whole(x, t):
+        return cross_entropy(x @ t.T, labels) + jnp.sum(t[labels] ** 2)
+
+    def split(x, parts):
+        return chunked_cross_entropy(x, parts, labels) + jnp.sum(chunked_embedding(parts, labels) ** 2)
+
+    (a, (gx, gt)), (b, (sx, st_)) = (jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, t)
+                                     for f, t in ((whole, table), (split, chunks)))
+    assert float(b) == pytest.approx(float(a), rel=1e-6)
+    assert jnp.allclose(gx, sx, atol=1e-5) and jnp.allclose(gt, jnp.concatenate(st_), atol=1e-5)
+    assert vocab_chunks(50257) == [(round(i * 50257 / 7), round((i + 1) * 50257 / 7)) for i in range(7)]
 
 
 def test_model_config_files_and_their_errors(tmp_path):
