@@ -52,6 +52,9 @@ __all__ = [
     "scaled_dot_product_attention",
     "cross_entropy",
     "mse_loss",
+    "tanh",
+    "conv1d",
+    "rnn",
 ]
 
 
@@ -737,3 +740,202 @@ def mse_loss(input: ArrayLike, target: ArrayLike, *, reduction: str = "mean") ->
     if reduction == "mean":
         total = scale_fwd(total, 1.0 / max(input.size, 1))
     return total.astype(jnp.result_type(input, target))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence mixers: tanh, grouped 1-D convolution, Elman recurrence
+
+
+def _gaussian_mean(fn: Callable[[float], float]) -> float:
+    """``E[fn(Z)]`` for ``Z ~ N(0, 1)``; the trapezoid rule is spectrally accurate for such integrands."""
+    step = 1e-3
+    points = (i * step for i in range(-12_000, 12_001))
+    return step * sum(fn(z) * math.exp(-0.5 * z * z) for z in points) / math.sqrt(2.0 * math.pi)
+
+
+# Moments of tanh at a unit-normal pre-activation, derived once at import (no fitted numbers):
+# E[tanh(Z)^2] ~ 0.3943 (forward variance), E[tanh'(Z)^2] = E[(1 - tanh(Z)^2)^2] ~ 0.4644 (backward).
+_TANH_FWD_VAR = _gaussian_mean(lambda z: math.tanh(z) ** 2)
+_TANH_BWD_VAR = _gaussian_mean(lambda z: (1.0 - math.tanh(z) ** 2) ** 2)
+
+
+def tanh(input: ArrayLike, constraint: ConstraintLike = "to_output_scale") -> jax.Array:
+    """Unit-scaled ``tanh`` (computed in float32).
+
+    For ``x ~ N(0, 1)``, ``tanh(x)`` has variance ``v = E[tanh(Z)^2] ~ 0.394`` and the derivative
+    ``u = E[tanh'(Z)^2] ~ 0.464`` (Gaussian expectations evaluated numerically at import).
+    Forward: ``v^-1/2`` (~1.593).
+    Backward input: ``u^-1/2`` (~1.467).
+    Constraint ties both (default ``to_output_scale``).
+    """
+    input = _float_array(input, "input")
+    return _scaled_elementwise(
+        jnp.tanh, input, _TANH_FWD_VAR**-0.5, _TANH_BWD_VAR**-0.5, constraint
+    )
+
+
+def _conv_padding(padding: object, kernel: int, dilation: int) -> tuple[int, int]:
+    span = dilation * (kernel - 1)
+    if padding == "causal":
+        return span, 0
+    if padding == "same":
+        return span // 2, span - span // 2
+    if padding == "valid":
+        return 0, 0
+    if isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0:
+        return padding, padding
+    raise ValueError(
+        f"padding must be 'causal', 'same', 'valid' or a non-negative int, got {padding!r}"
+    )
+
+
+def _positive_int(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def conv1d(
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: int = 1,
+    padding: int | str = "causal",
+    dilation: int = 1,
+    groups: int = 1,
+    constraint: ConstraintLike = "to_output_scale",
+) -> jax.Array:
+    """Unit-scaled grouped 1-D convolution (cross-correlation) along the sequence axis.
+
+    Layout (Flax): input ``(..., seq, in_channels)``, weight ``(kernel, in_channels/groups,
+    out_channels)``, bias ``(out_channels,)``; returns ``(..., out_seq, out_channels)``.
+    ``padding="causal"`` pads ``dilation*(kernel-1)`` zeros on the left, so output t sees inputs
+    ``<= t``; ``"same"``, ``"valid"`` or an int (both sides) as usual. ``groups=in_channels`` with
+    ``out_channels=in_channels`` is a depthwise convolution.
+
+    Each output sums ``fan_in = kernel * in_channels/groups`` products; each input element feeds
+    ``fan_out = kernel * out_channels/(groups * stride)`` outputs; each weight element sums over
+    ``batch = input.size/(seq * in_channels) * out_seq`` positions.
+    Forward: ``fan_in^-1/2`` (applied to the bias too, as in :func:`linear`).
+    Backward input: ``fan_out^-1/2``.
+    Backward weight, bias: ``batch^-1/2``.
+    Constraint ties forward and input-gradient scales (default ``to_output_scale``). The counts
+    ignore zero padding: with causal padding the first ``kernel-1`` outputs see fewer inputs, so
+    their variance is lower (for seq 256 and kernel 7 the mean variance is 1.2% below 1).
+    """
+    input, weight = _float_array(input, "input"), _float_array(weight, "weight")
+    stride, dilation = _positive_int(stride, "stride"), _positive_int(dilation, "dilation")
+    groups = _positive_int(groups, "groups")
+    if weight.ndim != 3:
+        raise ValueError(
+            f"weight must be 3-D (kernel, in_channels/groups, out_channels), got shape {weight.shape}"
+        )
+    kernel, in_per_group, out_channels = weight.shape
+    if input.ndim < 2:
+        raise ValueError(f"input must be (..., seq, channels), got shape {input.shape}")
+    *lead, seq, in_channels = input.shape
+    if in_channels % groups or out_channels % groups or in_channels // groups != in_per_group:
+        raise ValueError(
+            f"groups={groups} must divide input channels ({in_channels}) and out_channels "
+            f"({out_channels}), and weight.shape[1] ({in_per_group}) must equal "
+            f"in_channels/groups; got input {input.shape}, weight {weight.shape}"
+        )
+    lo, hi = _conv_padding(padding, kernel, dilation)
+    out_seq = (seq + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
+    if out_seq < 1:
+        raise ValueError(
+            f"input seq {seq} is too short for kernel {kernel} with dilation {dilation} and "
+            f"padding {padding!r}"
+        )
+    n = math.prod(lead)
+    fan_in = kernel * in_per_group
+    fan_out = kernel * out_channels / (groups * stride)
+    out_s, in_s = apply_constraint(constraint, fan_in**-0.5, fan_out**-0.5)
+    w_s = max(n * out_seq, 1) ** -0.5
+    x = scale_bwd(input, in_s).reshape(n, seq, in_channels)
+    out = jax.lax.conv_general_dilated(
+        x, scale_bwd(weight, w_s), window_strides=(stride,), padding=[(lo, hi)],
+        rhs_dilation=(dilation,), dimension_numbers=("NWC", "WIO", "NWC"),
+        feature_group_count=groups,
+        preferred_element_type=_compute_dtype(jnp.result_type(input, weight)),
+    )
+    if bias is not None:
+        bias = _float_array(bias, "bias")
+        if bias.shape != (out_channels,):
+            raise ValueError(f"bias must have shape ({out_channels},), got {bias.shape}")
+        out = out + scale_bwd(_upcast(bias), w_s)
+    out = scale_fwd(out, out_s).reshape(*lead, out_seq, out_channels)
+    return out.astype(jnp.result_type(input, weight))
+
+
+def _rnn_gains(hidden: int) -> tuple[float, float]:
+    """Fixed input and recurrent multipliers of :func:`rnn`: ``(2^-1/2, (2 hidden v)^-1/2)``."""
+    return 0.5**0.5, (2.0 * hidden * _TANH_FWD_VAR) ** -0.5
+
+
+def rnn(
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    initial_state: ArrayLike | None = None,
+    constraint: ConstraintLike = "to_output_scale",
+) -> jax.Array:
+    """Unit-scaled Elman recurrence over an already projected input sequence (``jax.lax.scan``).
+
+    Shapes: input ``(..., seq, hidden)`` (e.g. ``linear(x, W_in)``), weight ``(hidden, hidden)``,
+    bias ``(hidden,)``, initial_state ``(..., hidden)`` (zeros by default); returns the hidden states
+    ``(..., seq, hidden)`` times the output scale. The recurrence, in float32:
+
+        a_t = 2^-1/2 x_t + (2 hidden v)^-1/2 h_{t-1} W + b,   h_t = tanh(a_t),
+
+    with ``v = E[tanh(Z)^2] ~ 0.394``, ``u = E[tanh'(Z)^2] ~ 0.464``. Derivation (mean field, long
+    sequences, N(0, 1) weights, zero bias): if ``Var(a) = 1`` then ``Var(h) = v`` and
+    ``Var(a) = 1/2 + 1/2 = 1`` again, a stable fixed point. Backward, for a unit gradient g_t on the
+    hidden states: ``dh_t = g_t + (2 hidden v)^-1/2 W da_{t+1}``, ``da_t = tanh'(a_t) dh_t``, so
+    ``Var(dh) = 1 / (1 - u/(2v)) ~ 2.43`` (the gain ``u/(2v) ~ 0.59 < 1`` keeps it finite) and
+    ``Var(da) = u Var(dh) ~ 1.13``. These in-recurrence multipliers are part of the function (the same
+    in both passes); the op's own scales are:
+    Forward: ``v^-1/2`` (~1.593).
+    Backward input: ``(Var(da)/2)^-1/2`` (~1.33).
+    Backward weight: ``(batch (seq-1) Var(da) / (2 hidden))^-1/2``, batch = ``input.size/(seq hidden)``.
+    Backward bias: ``(batch seq Var(da))^-1/2``.
+    Constraint ties forward and input-gradient scales (default ``to_output_scale``). The first few
+    steps are below unit scale (``Var(a_0) = 1/2`` from a zero state) and so are the last few
+    gradients (no future steps feed them), each decaying geometrically at rate ~0.6 per step.
+    """
+    input, weight = _float_array(input, "input"), _float_array(weight, "weight")
+    if input.ndim < 2:
+        raise ValueError(f"input must be (..., seq, hidden), got shape {input.shape}")
+    *lead, seq, hidden = input.shape
+    if weight.shape != (hidden, hidden):
+        raise ValueError(
+            f"weight must have shape ({hidden}, {hidden}) for input {input.shape}, got {weight.shape}"
+        )
+    batch = math.prod(lead)
+    grad_var = _TANH_BWD_VAR / (1.0 - _TANH_BWD_VAR / (2.0 * _TANH_FWD_VAR))
+    out_s, in_s = apply_constraint(constraint, _TANH_FWD_VAR**-0.5, (grad_var / 2.0) ** -0.5)
+    w_s = (max(batch * (seq - 1), 1) * grad_var / (2.0 * hidden)) ** -0.5
+    b_s = (max(batch * seq, 1) * grad_var) ** -0.5
+    in_gain, rec_gain = _rnn_gains(hidden)
+
+    drive = _upcast(scale_bwd(input, in_s)) * in_gain
+    if bias is not None:
+        bias = _float_array(bias, "bias")
+        if bias.shape != (hidden,):
+            raise ValueError(f"bias must have shape ({hidden},), got {bias.shape}")
+        drive = drive + scale_bwd(_upcast(bias), b_s)
+    recurrent = scale_bwd(_upcast(weight), w_s) * rec_gain
+    if initial_state is None:
+        h0 = jnp.zeros((*lead, hidden), drive.dtype)
+    else:
+        h0 = _upcast(_float_array(initial_state, "initial_state"))
+        if h0.shape != (*lead, hidden):
+            raise ValueError(f"initial_state must have shape {(*lead, hidden)}, got {h0.shape}")
+
+    def step(h, drive_t):
+        h = jnp.tanh(drive_t + h @ recurrent)
+        return h, h
+
+    _, states = jax.lax.scan(step, h0, jnp.moveaxis(drive, -2, 0))
+    out = scale_fwd(jnp.moveaxis(states, 0, -2), out_s)
+    return out.astype(jnp.result_type(input, weight))
