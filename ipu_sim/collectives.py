@@ -8,9 +8,9 @@ one hop per machine on the shorter way round the ring).
 
 All-reduce of ``n`` bytes over ``R`` IPUs of one domain: a bidirectional ring (half of every chunk
 goes each way round): reduce-scatter then all-gather, ``2 (R - 1)`` steps of ``n / (2R)`` bytes per
-direction, each step paced by the slowest hop of the ring (members ordered to keep hops short). Across ``D`` domains (POD128/256): ring
-inside each domain (reduce-scatter), a ring over the domains through the gateways on the ``n / R``
-shard each IPU owns, then the all-gather inside the domain. The additions of the reduction run on
+direction, each step paced by the slowest hop of the ring (members ordered to keep hops short).
+Across ``D`` domains (POD128/256): ring inside each domain (reduce-scatter), a ring over the domains
+through the gateways on the ``n / R`` shard each IPU owns, then the all-gather inside the domain. The additions of the reduction run on
 the tiles at >100x link speed and are not charged.
 """
 
@@ -83,8 +83,11 @@ def ring_order(system: System, members: Sequence[int]) -> list[int]:
     close with a hop across all of them."""
     up = sorted(members)
     snake = up[0::2] + up[1::2][::-1]
-    longest = lambda order: max(link(system, a, b)[1] for a, b in zip(order, order[1:] + order[:1]))  # noqa: E731
-    return snake if longest(snake) < longest(up) else up
+    return snake if _longest_hop(system, snake) < _longest_hop(system, up) else up
+
+
+def _longest_hop(system: System, order: list[int]) -> float:
+    return max(link(system, a, b)[1] for a, b in zip(order, order[1:] + order[:1]))
 
 
 def ring_allreduce_seconds(system: System, members: Sequence[int], nbytes: float) -> float:

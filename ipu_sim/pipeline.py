@@ -34,7 +34,7 @@ class PipelineTime:
     cycles: int
     steady_cycle_seconds: float
     transfer_seconds: float  # of ``seconds``: time in inter-IPU transfers
-    busy_seconds: tuple[float, ...]  # per IPU (ascending index): time its stages compute
+    busy_seconds: tuple[float, ...]  # per IPU of the chain, ascending: time its stages compute
     in_flight: tuple[int, ...]  # per stage: micro-batches whose activations it holds at once
 
     @property

@@ -186,8 +186,14 @@ class _Anchoring:
                 fc = self.done(self.consumers[i], (FORWARD,))
                 if fc:
                     self.inherit(i, min(fc, key=lambda j: self.slot[j]), -self.eps)
+        latest: dict[str, float] = {}  # pinning scope -> its latest placed forward op's slot
         for i in ops:
-            if self.slot[i] is None:
+            if self.keys[i] and self.slot[i] is not None:
+                latest[self.keys[i]] = max(latest.get(self.keys[i], self.slot[i]), self.slot[i])
+        for i in ops:
+            if self.slot[i] is None and self.keys[i] in latest:  # e.g. a constant of the scope
+                self.slot[i] = latest[self.keys[i]]
+            elif self.slot[i] is None:
                 self.default(i)
 
     def default(self, i: int) -> None:

@@ -147,6 +147,9 @@ class _Flow:
             data_ids = {vid for vid in inputs if read_by[vid] & set(PASSES)
                         and UPDATE not in read_by[vid] and vid not in rewritten}
         self.data_ids = set(data_ids)
+        self._gradients = [(op.index, v) for op in program.ops if phase[op.index] == BACKWARD
+                           for v in op.outputs
+                           if any(phase[j] == UPDATE for j in self.readers.get(v.id, ()))]
 
     def micro_batch_program(self, indices: list[int]) -> Program:
         """The ops at ``indices`` as a program whose only outputs are the step's own (e.g. the
@@ -184,15 +187,9 @@ class _Flow:
 
     def gradients(self, ipu: int | None = None, stage: int | None = None) -> list[Value]:
         """Values made by backward ops (on ``ipu`` / in ``stage``) that update ops read."""
-        pl, out = self.placement, []
-        for op in self.program.ops:
-            i = op.index
-            if pl.phase[i] != BACKWARD or (ipu is not None and pl.ipu[i] != ipu) \
-                    or (stage is not None and pl.stage[i] != stage):
-                continue
-            out += [v for v in op.outputs
-                    if any(pl.phase[j] == UPDATE for j in self.readers.get(v.id, ()))]
-        return out
+        pl = self.placement
+        return [v for i, v in self._gradients
+                if (ipu is None or pl.ipu[i] == ipu) and (stage is None or pl.stage[i] == stage)]
 
     def gradient_bytes(self, ipu: int) -> int:
         return sum(v.nbytes for v in self.gradients(ipu=ipu))

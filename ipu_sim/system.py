@@ -58,7 +58,7 @@ from ipu_sim.fusion import fuse
 from ipu_sim.hardware import Chip, System, get_system
 from ipu_sim.params import ModelParams
 from ipu_sim.pipeline import PipelineTime, in_flight, pipeline_time
-from ipu_sim.placement import anchor_ops, place_ops
+from ipu_sim.placement import Anchors, anchor_ops, place_ops
 from ipu_sim.replica import IPUPrograms, ReplicaCosts, cost_replica
 from ipu_sim.trace import Program, trace
 from ipu_sim.transforms import with_matmul_precision
@@ -101,9 +101,12 @@ class IPUReport:
     memory: IPUMemory
 
     def holds(self) -> str:
-        """e.g. ``embeddings, layers 0-2, head``."""
+        """e.g. ``embeddings, layers 0-2, head``; ``unscoped ops`` for a step without scopes."""
         parts, layers = [], list(self.layers)
         for name in self.scopes:
+            if name == "<top>":
+                parts.append("unscoped ops")
+                continue
             if name.startswith("layer"):
                 if layers:
                     parts.append(_layer_range(layers))
@@ -175,7 +178,8 @@ class SystemEstimate:
     @property
     def utilisation(self) -> float:
         """Achieved FLOP/s over the peak of all IPUs used (each at its dominant matmul precision)."""
-        return sum(r.flops for r in self.ipus) / (self.step_seconds * sum(r.peak_flops for r in self.ipus))
+        peak = sum(r.peak_flops for r in self.ipus)
+        return sum(r.flops for r in self.ipus) / (self.step_seconds * peak)
 
     @property
     def fits(self) -> bool:
@@ -222,23 +226,27 @@ class SystemEstimate:
             + f"; {100 * self.utilisation:.1f}% of peak FLOP/s",
             "breakdown: " + "  ".join(f"{k} {100 * v / self.step_seconds:.1f}%"
                                       for k, v in self.breakdown().items() if v > 0),
-            f"pipeline: {len(self.chain)} stage(s) on IPUs {list(self.chain)}, {self.pipeline.cycles} "
-            f"cycles, bubble {100 * self.pipeline.bubble_fraction:.1f}%, inter-IPU transfers "
-            f"{100 * self.pipeline.transfer_seconds / self.step_seconds:.1f}% of the step",
+            f"pipeline: {len(self.chain)} stage(s) on IPUs {list(self.chain)}, "
+            f"{self.pipeline.cycles} cycles, bubble {100 * self.pipeline.bubble_fraction:.1f}%, "
+            f"inter-IPU transfers {100 * self.pipeline.transfer_seconds / self.step_seconds:.1f}% "
+            "of the step",
             f"{'IPU':>3} {'holds':32s} {'fwd+bwd/mb':>11s} {'busy':>6s} {'FLOP util':>9s} "
             f"{'peak tile':>16s} {'total MB':>9s}  fits",
         ]
-        for r in self.ipus:
-            m = r.memory
-            lines.append(
-                f"{r.ipu:>3} {r.holds()[:32]:32s} {(r.forward_seconds + r.backward_seconds) * 1e3:9.3f}ms "
-                f"{100 * r.busy_seconds / self.step_seconds:5.1f}% {100 * self.ipu_utilisation(r):8.1f}% "
-                f"{m.peak_bytes / 1024:7.1f}/{m.sram_bytes / 1024:.0f}KiB {m.total_bytes / 1e6:9.1f}  "
-                f"{'yes' if m.fits else 'NO'}")
+        lines += [self._row(r) for r in self.ipus]
         if not self.fits:
             lines.append("DOES NOT FIT: " + self.out_of_memory)
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _row(self, r: IPUReport) -> str:
+        m = r.memory
+        mb_ms = (r.forward_seconds + r.backward_seconds) * 1e3
+        return (f"{r.ipu:>3} {r.holds()[:32]:32s} {mb_ms:9.3f}ms "
+                f"{100 * r.busy_seconds / self.step_seconds:5.1f}% "
+                f"{100 * self.ipu_utilisation(r):8.1f}% "
+                f"{m.peak_bytes / 1024:7.1f}/{m.sram_bytes / 1024:.0f}KiB "
+                f"{m.total_bytes / 1e6:9.1f}  {'yes' if m.fits else 'NO'}")
 
     def ipu_utilisation(self, report: IPUReport) -> float:
         """An IPU's achieved FLOP/s over its peak."""
@@ -298,12 +306,8 @@ def compose(costs: ReplicaCosts, system: str | System, *, replicas: int = 1, gra
     n_ipus = costs.placement.ipus
     _check_fits_system(system, n_ipus, replicas)
     m = grad_accum
-    chain = costs.chain
-    send = lambda per_stage: [max((transfer_seconds(system, chain[k], d, b) for d, b in sends),  # noqa: E731
-                                  default=0.0) for k, sends in enumerate(per_stage)]
-    backward = [b + (a if m > 1 else 0.0) for b, a in zip(costs.backward, costs.accumulate)]
-    pipe = pipeline_time(chain, costs.forward, backward, m, send(costs.sends_forward),
-                         send(costs.sends_backward))
+    backward = tuple(b + (a if m > 1 else 0.0) for b, a in zip(costs.backward, costs.accumulate))
+    pipe = _pipeline(costs, system, backward, m)
     allreduce = max(allreduce_seconds(system, [p.ipu + r * n_ipus for r in range(replicas)],
                                       p.gradient_bytes, sp) for p in costs.ipus)
     update = [_update_seconds(system, p, sp) for p in costs.ipus]
@@ -311,20 +315,38 @@ def compose(costs: ReplicaCosts, system: str | System, *, replicas: int = 1, gra
     host_rate = system.chip.host_bytes_per_s or sp.host_bytes_per_s
     host = max(p.data_bytes for p in costs.ipus) * m / host_rate \
         + sp.host_call_latency_s / device_iterations
-    stage_in_flight = in_flight(len(chain), m)
-    reports = []
-    for p, busy in zip(costs.ipus, pipe.busy_seconds):
-        stages = tuple(k for k, d in enumerate(chain) if d == p.ipu)
-        flops = m * p.micro_batch.flops + (p.update.flops if p.update else 0.0)
-        reports.append(IPUReport(
-            p.ipu, p.scopes, tuple(sorted({lay for k in stages for lay in costs.placement.stage_layers(k)})),
-            stages, sum(costs.forward[k] for k in stages), sum(backward[k] for k in stages),
-            busy + sum(update[p.ipu]), flops, p.micro_batch.peak_flops,
-            _memory(p, costs, m, stage_in_flight)))
-    return SystemEstimate(system, precision, costs.placement.layers_per_ipu, chain, replicas,
+    busy = dict(zip(pipe_ipus(costs.chain), pipe.busy_seconds))
+    reports = tuple(_report(p, costs, backward, m, busy.get(p.ipu, 0.0) + sum(update[p.ipu]))
+                    for p in costs.ipus)
+    return SystemEstimate(system, precision, costs.placement.layers_per_ipu, costs.chain, replicas,
                           micro_batch, grad_accum, seq, device_iterations, costs.recompute,
                           costs.offload_optimizer, pipe, allreduce, sum(update[slowest]),
-                          update[slowest][1], host, tuple(reports), tuple(notes), costs)
+                          update[slowest][1], host, reports, tuple(notes), costs)
+
+
+def pipe_ipus(chain: Sequence[int]) -> list[int]:
+    """The IPUs of a pipeline, in the order of :attr:`PipelineTime.busy_seconds`."""
+    return sorted(set(chain))
+
+
+def _pipeline(costs: ReplicaCosts, system: System, backward, m: int) -> PipelineTime:
+    chain = costs.chain
+
+    def send(per_stage) -> list[float]:
+        return [max((transfer_seconds(system, chain[k], d, b) for d, b in sends), default=0.0)
+                for k, sends in enumerate(per_stage)]
+
+    return pipeline_time(chain, costs.forward, backward, m, send(costs.sends_forward),
+                         send(costs.sends_backward))
+
+
+def _report(p: IPUPrograms, costs: ReplicaCosts, backward, m: int, busy: float) -> IPUReport:
+    stages = tuple(k for k, d in enumerate(costs.chain) if d == p.ipu)
+    layers = tuple(sorted({lay for k in stages for lay in costs.placement.stage_layers(k)}))
+    flops = m * p.micro_batch.flops + (p.update.flops if p.update else 0.0)
+    return IPUReport(p.ipu, p.scopes, layers, stages, sum(costs.forward[k] for k in stages),
+                     sum(backward[k] for k in stages), busy, flops, p.micro_batch.peak_flops,
+                     _memory(p, costs, m, in_flight(len(costs.chain), m)))
 
 
 def _update_seconds(system: System, p: IPUPrograms, sp: SystemParams) -> tuple[float, float, float]:
@@ -397,8 +419,15 @@ def estimate_system(fn_or_program: Callable | Program, *args: Any, system: str |
     ``jax.ShapeDtypeStruct``s; nothing is run) -- or an already traced :class:`Program`.
 
     The single-IPU case needs no scopes: ``estimate_system(train_step, *args)`` (on one Bow IPU)
-    estimates any jittable step, e.g. ``ipu_sim.estimate_system(train_step, state, batch,
-    system="bow-ipu", micro_batch=32, seq=128)`` for a step on 32 sequences of 128 tokens.
+    estimates any jittable step. The training loop's call, for a step ``(state, batch) -> state``
+    on ``batch_size`` sequences of ``seq_len`` tokens::
+
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), (state, batch))
+        est = ipu_sim.estimate_system(step, *abstract, system="bow-ipu",
+                                      micro_batch=batch_size, seq=seq_len)
+        est.step_seconds, est.tokens_per_second, est.utilisation, est.fits, est.to_dict()
+
+    Data parallelism needs nothing more either: ``system="bow-pod16", replicas=16``.
 
     * ``system``: a name from ``ipu_sim.SYSTEMS`` (``bow-ipu``, ``gc200-pod16``, ``c600``, ...).
     * ``pipeline``: layers per IPU of one replica (``[3, 7, 7, 7]``), an int ``N`` to balance the
@@ -426,39 +455,62 @@ def estimate_system(fn_or_program: Callable | Program, *args: Any, system: str |
     if precision is not None:
         program = with_matmul_precision(program, precision)
     description, notes = describe_precision(program, system.chip)
-    anchors = anchor_ops(program, place)
-    chip = system.chip
-    cost = lambda split: cost_replica(  # noqa: E731
-        program, place_ops(anchors, split), chip, recompute=recompute,
-        offload_optimizer=offload_optimizer, data_ids=data_ids,
-        available_memory_proportion=available_memory_proportion, params=params)
-    finish = lambda costs, extra=(): compose(  # noqa: E731
-        costs, system, replicas=replicas, grad_accum=grad_accum, micro_batch=micro_batch, seq=seq,
-        device_iterations=device_iterations, system_params=system_params, precision=description,
-        notes=notes + tuple(extra))
+    job = _Job(program, anchor_ops(program, place), system, data_ids,
+               dict(recompute=recompute, offload_optimizer=offload_optimizer,
+                    available_memory_proportion=available_memory_proportion, params=params),
+               dict(replicas=replicas, grad_accum=grad_accum, micro_batch=micro_batch, seq=seq,
+                    device_iterations=device_iterations, system_params=system_params,
+                    precision=description), notes)
     if isinstance(pipeline, numbers.Integral) and not isinstance(pipeline, bool):
         _check_count("pipeline", pipeline)
         _check_fits_system(system, int(pipeline), replicas)
-        if anchors.layers == 0 and pipeline > 1:
+        if job.anchors.layers == 0 and pipeline > 1:
             raise ValueError(_NO_LAYERS.format(n=pipeline))
         if pipeline == 1:
-            return finish(cost((anchors.layers,)))
-        work, pinned = layer_work(program, anchors, chip, recompute=recompute,
-                                  available_memory_proportion=available_memory_proportion,
-                                  params=params)
-
-        def check(split):
-            est = finish(cost(split))
-            return est, {r.ipu: r.memory.over_bytes for r in est.ipus if not r.memory.fits}
-
-        split, est, fitted = balance(work, [pinned.get(i, 0.0) for i in range(pipeline)], check)
-        note = (f"layers balanced automatically over {pipeline} IPUs: {list(split)}" if fitted else
-                f"automatic balancing found no split of {anchors.layers} layers over {pipeline} "
-                "IPUs that fits; showing the split closest to fitting")
-        return finish(est.costs, (note,))
-    split = _split(pipeline, anchors.layers)
+            return job.finish(job.cost((job.anchors.layers,)))
+        return _balanced(job, int(pipeline))
+    split = _split(pipeline, job.anchors.layers)
     _check_fits_system(system, len(split), replicas)
-    return finish(cost(split))
+    return job.finish(job.cost(split))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One call of :func:`estimate_system`: the placed program and the options of both stages."""
+
+    program: Program
+    anchors: Anchors
+    system: System
+    data_ids: set[int] | None
+    cost_options: dict
+    compose_options: dict
+    notes: tuple[str, ...]
+
+    def cost(self, split: Sequence[int]) -> ReplicaCosts:
+        return cost_replica(self.program, place_ops(self.anchors, split), self.system.chip,
+                            data_ids=self.data_ids, **self.cost_options)
+
+    def finish(self, costs: ReplicaCosts, extra: Sequence[str] = ()) -> SystemEstimate:
+        return compose(costs, self.system, notes=self.notes + tuple(extra), **self.compose_options)
+
+
+def _balanced(job: _Job, n_ipus: int) -> SystemEstimate:
+    """Automatic layer split over ``n_ipus`` (:mod:`ipu_sim.balance`)."""
+    options = job.cost_options
+    work, pinned = layer_work(job.program, job.anchors, job.system.chip,
+                              recompute=options["recompute"],
+                              available_memory_proportion=options["available_memory_proportion"],
+                              params=options["params"])
+
+    def check(split):
+        est = job.finish(job.cost(split))
+        return est, {r.ipu: r.memory.over_bytes for r in est.ipus if not r.memory.fits}
+
+    split, est, fitted = balance(work, [pinned.get(i, 0.0) for i in range(n_ipus)], check)
+    note = (f"layers balanced automatically over {n_ipus} IPUs: {list(split)}" if fitted else
+            f"automatic balancing found no split of {job.anchors.layers} layers over {n_ipus} "
+            "IPUs that fits; showing the split closest to fitting")
+    return job.finish(est.costs, (note,))
 
 
 _NO_LAYERS = ("pipeline: the program has no layer scopes (jax.named_scope('layer_0'), ...), so it "

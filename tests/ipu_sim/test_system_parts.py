@@ -185,6 +185,16 @@ def test_placement_follows_the_layer_scopes_and_pins(tiny):
             assert pl.chain[pl.stage[i]] == pl.ipu[i]
     assert pl.stage_layers(1) == [1, 2, 3]
     assert {pl.phase[i] for i in range(len(program.ops))} == {"forward", "backward", "update"}
+    assert place_ops(anchor_ops(program, {}), [2, 2]).chain == (0, 1)
+
+
+def test_a_pinned_scope_keeps_its_constants_in_its_own_stage():
+    # Two vocabulary chunks: the checkpointed head makes constants read by no forward op; they
+    # stay with the head instead of opening a stray stage before the layers.
+    work = build(ModelConfig("gpt", 8200, 64, 2, 4, 4.0, 16, "two-chunks"), micro_batch=1)
+    program = ipu_sim.fuse(ipu_sim.trace(work.step, *work.args))
+    assert place_ops(anchor_ops(program, {"embeddings": 0, "head": 1}), [1, 1]).chain == (0, 1)
+    assert place_ops(anchor_ops(program, work.place), [1, 1]).chain == (0, 1, 0)
 
 
 def test_recompute_adds_one_forward_of_every_stage_but_the_last(tiny):
