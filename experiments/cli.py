@@ -124,7 +124,7 @@ class ExperimentCLI:
         self.add("--precision", default=precision, group=group, choices=precisions,
                  help="number formats of the model's matmul inputs and gradients")
         self.add("--loss-scale", default=loss_scale, group=group, choices=loss_scales,
-                 help="loss scaling: none, static:<scale> or dynamic")
+                 help="loss scaling recipe")
         scaled = group.add_mutually_exclusive_group()
         scaled.add_argument("--unit-scaled", dest="unit_scaled", action="store_true", default=None,
                             help=f"unit-scaled model{' (default)' if unit_scaled else ''}")
