@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -215,6 +216,25 @@ def test_crash_then_resume_from_the_last_periodic_checkpoint_is_bit_identical(re
     assert records(tmp_path) == records(reference[0])
 
 
+def test_sigterm_from_outside_saves_and_exits_cleanly_with_143(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    child = subprocess.Popen([sys.executable, __file__, "long", str(tmp_path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parents[2])
+    try:
+        first = json.loads(child.stdout.readline())  # training is under way
+        child.send_signal(signal.SIGTERM)
+        rest, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert first["kind"] == "train" and child.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "SIGTERM: stopped after step" in err
+    stopped = int(err.split("stopped after step ")[1].split(";")[0])
+    assert stopped >= first["step"]
+    assert CheckpointStore(tmp_path / "checkpoints").steps() == [stopped]
+    last = read_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert last == {**last, "kind": "event", "event": "interrupted", "step": stopped, "signal": "SIGTERM"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Non-finite losses
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +405,18 @@ def _sharded_main(out: Path) -> None:
     print(json.dumps(report))
 
 
+def _long_main(out: Path) -> int:
+    """A run far longer than the test waits, announcing each record on stdout, under ``run_main``."""
+    from experiments.cli import run_main
+
+    def announce(record):
+        print(json.dumps({"kind": record["kind"], "step": record["step"]}), flush=True)
+
+    return run_main(lambda argv: run(out, steps=100_000, checkpoint_every=50_000, on_record=announce), [])
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["sharded"] or len(sys.argv) != 3:
-        raise SystemExit("usage: python test_train.py sharded OUT")
-    _sharded_main(Path(sys.argv[2]))
+    modes = {"sharded": _sharded_main, "long": _long_main}
+    if len(sys.argv) != 3 or sys.argv[1] not in modes:
+        raise SystemExit(f"usage: python test_train.py {{{','.join(modes)}}} OUT")
+    sys.exit(modes[sys.argv[1]](Path(sys.argv[2])))
