@@ -1,0 +1,51 @@
+"""Token cross-entropy with the totals the training loop pools (``nll``, ``correct``, ``count``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import unitscale.functional as U
+
+__all__ = ["batch_field", "token_cross_entropy"]
+
+_IGNORE = -100
+
+
+def batch_field(batch: Any, name: str, default: Any = None, *, required: bool = True) -> Any:
+    """``batch[name]`` for a mapping, ``batch.name`` otherwise (e.g. experiments.data batches)."""
+    value = batch.get(name, default) if isinstance(batch, Mapping) else getattr(batch, name, default)
+    if value is None and required:
+        raise ValueError(f"batch has no field {name!r}")
+    return value
+
+
+def token_cross_entropy(
+    logits: jax.Array, targets: jax.Array, valid: jax.Array, *, unit_scaled: bool, mult: float = 1.0
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean cross-entropy over the positions where ``valid``, and per-batch totals.
+
+    Unit-scaled: :func:`unitscale.functional.cross_entropy` with ``mult`` (u-muP's alpha_loss-softmax
+    scales the logits); its value is the standard mean, its logit gradient is unit-scaled. Standard:
+    ``optax.softmax_cross_entropy_with_integer_labels`` averaged over valid positions (``mult``
+    ignored). Both compute in float32; with no valid position the mean is NaN, as in PyTorch.
+
+    Returns ``(loss, {"nll": sum of per-token losses, "correct": argmax hits, "count": valid count})``.
+    """
+    valid = jnp.asarray(valid) != 0
+    targets = jnp.asarray(targets)
+    safe = jnp.where(valid, targets, 0)
+    count = jnp.sum(valid).astype(jnp.float32)
+    logits32 = logits.astype(jnp.float32)
+    if unit_scaled:
+        loss = U.cross_entropy(logits32, jnp.where(valid, targets, _IGNORE), ignore_index=_IGNORE, mult=mult)
+    else:
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits32, safe)
+        loss = jnp.sum(jnp.where(valid, nll, 0.0)) / count
+    correct = jnp.sum(valid & (jnp.argmax(logits, axis=-1) == safe)).astype(jnp.float32)
+    totals = {"nll": jax.lax.stop_gradient(loss) * count, "correct": correct, "count": count}
+    return loss, totals

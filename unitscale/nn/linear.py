@@ -1,0 +1,105 @@
+"""Linear layers and :func:`dense`, the one place where unitscale.nn multiplies activations by a
+weight matrix.
+
+Every weight matmul of every module (attention projections, FFN, readout, RNN input projection,
+heads) calls :func:`dense` with the layer's ``role`` (e.g. ``"attn_qkv"``, ``"attn_out"``,
+``"ffn_up"``, ``"ffn_gate"``, ``"ffn_down"``, ``"readout"``), so a precision policy keyed on roles
+(quantise matmul inputs to FP8, keep ``"ffn_down"``/``"attn_out"`` in BF16) belongs there and
+nowhere else. Attention's two activation-activation matmuls run inside
+:func:`unitscale.nn.attention.attend`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import unitscale.functional as U
+from unitscale.nn.init import normal_weight
+from unitscale.nn.numerics import Numerics
+from unitscale.nn.params import make_param
+
+__all__ = ["dense", "Linear", "LinearReadout"]
+
+
+def dense(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    *,
+    role: str,
+    numerics: Numerics,
+    readout: bool = False,
+) -> jax.Array:
+    """``y = x W + b`` in the compute dtype, accumulated in float32; kernel is ``(fan_in, fan_out)``.
+
+    Unit-scaled: :func:`unitscale.functional.linear` (output ``fan_in^-1/2``), or for a readout
+    :func:`unitscale.functional.linear_readout` (output ``1/fan_in``). Standard: the plain product.
+    ``role`` names this matmul for precision policies (unused by the arithmetic itself).
+    """
+    x, kernel = numerics.cast(x), numerics.cast(kernel)
+    bias = None if bias is None else numerics.cast(bias)
+    if numerics.unit_scaled:
+        op = U.linear_readout if readout else U.linear
+        return op(x, kernel, bias)
+    y = jnp.matmul(x, kernel, preferred_element_type=jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(numerics.compute_dtype)
+
+
+class Linear(nnx.Module):
+    """Affine layer ``x W + b`` with W ``(in_features, out_features)`` of kind ``"hidden"``.
+
+    Unit-scaled: W ~ N(0, 1). Standard: W ~ N(0, init_std^2), or LeCun normal when ``init_std`` is
+    None (as ``nnx.Linear``). Biases start at zero. Parameter names match ``nnx.Linear``.
+    """
+
+    _kind = "hidden"
+    _readout = False
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        role: str,
+        use_bias: bool = True,
+        numerics: Numerics = Numerics(),
+        init_std: float | None = None,
+        in_residual: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        for name, n in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"role must be a non-empty string, got {role!r}")
+        self.role, self.numerics = role, numerics
+        self.in_features, self.out_features = in_features, out_features
+        w = normal_weight(
+            rngs.params(), (in_features, out_features),
+            unit_scaled=numerics.unit_scaled, fan_in=in_features, std=init_std,
+        )
+        meta = dict(in_residual=in_residual, role=role)
+        self.kernel = make_param(w, kind=self._kind, fan_in=in_features, fan_out=out_features, **meta)
+        self.bias = (
+            make_param(jnp.zeros((out_features,)), kind="bias", fan_in=1, fan_out=out_features, **meta)
+            if use_bias
+            else nnx.data(None)
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bias = None if self.bias is None else self.bias[...]
+        with jax.named_scope(self.role):
+            return dense(
+                x, self.kernel[...], bias, role=self.role, numerics=self.numerics, readout=self._readout
+            )
+
+
+class LinearReadout(Linear):
+    """Output layer (kind ``"readout"``): unit-scaled forward scale ``1/fan_in`` (muP readout)."""
+
+    _kind = "readout"
+    _readout = True

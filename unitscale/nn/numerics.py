@@ -1,0 +1,51 @@
+"""How a module computes: unit-scaled or standard parametrisation, and the activation dtype."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["COMPUTE_DTYPES", "Numerics"]
+
+COMPUTE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+    """Shared by every module of a model; static (hashable), so it lives in the graph definition.
+
+    Attributes:
+      unit_scaled: N(0, 1) weights and :mod:`unitscale.functional` ops if True; the usual
+        initialisations and plain ops otherwise.
+      dtype: activation (compute) dtype name, one of ``COMPUTE_DTYPES``. Parameters stay float32
+        and are cast to it where they are used.
+    """
+
+    unit_scaled: bool = True
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if not isinstance(self.unit_scaled, bool):
+            raise TypeError(f"unit_scaled must be a bool, got {type(self.unit_scaled).__name__}")
+        name = jnp.dtype(self.dtype).name if _is_dtype_like(self.dtype) else self.dtype
+        if name not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
+        object.__setattr__(self, "dtype", name)
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    def cast(self, x: jax.Array) -> jax.Array:
+        """``x`` in the compute dtype."""
+        return jnp.asarray(x).astype(self.compute_dtype)
+
+
+def _is_dtype_like(value: object) -> bool:
+    try:
+        jnp.dtype(value)
+    except TypeError:
+        return False
+    return True
