@@ -54,10 +54,9 @@ QUICK = {"steps": 300, "batch_size": 16, "seq_len": 128, "warmup": 30, "eval_eve
 
 
 def make_cli() -> ExperimentCLI:
+    rates = ", ".join(f"{lr:g} ({'unit-scaled' if u else 'standard'})" for u, lr in LEARNING_RATES.items())
     cli = ExperimentCLI("python -m experiments.gpt", __doc__.split("\n")[0], defaults=DEFAULTS, quick=QUICK,
-                        epilog=__doc__.split("\n\n", 1)[1] + "\n--lr defaults to "
-                        + ", ".join(f"{lr:g} ({'unit-scaled' if u else 'standard'})" for u, lr in LEARNING_RATES.items())
-                        + ".")
+                        epilog=f"{__doc__.split(chr(10) * 2, 1)[1]}\n--lr defaults to {rates}.")
     model = cli.parser.add_argument_group("model")
     cli.add("--size", default="small", quick="tiny", choices=sorted(SIZES), group=model,
             help="model size: " + "; ".join(f"{k}: d_model {v['d_model']}, depth {v['depth']}"

@@ -29,7 +29,8 @@ def data_mesh(n_devices: int | None = None) -> Mesh:
     if n_devices is None:
         n_devices = len(devices)
     if not isinstance(n_devices, int) or not 1 <= n_devices <= len(devices):
-        raise ValueError(f"n_devices must be an integer in [1, {len(devices)}] (the devices JAX sees), got {n_devices!r}")
+        raise ValueError(f"n_devices must be an integer in [1, {len(devices)}] (the devices JAX sees), "
+                         f"got {n_devices!r}")
     return Mesh(np.asarray(devices[:n_devices]), (DATA_AXIS,))
 
 

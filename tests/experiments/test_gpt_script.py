@@ -33,7 +33,8 @@ def test_quick_run_prints_the_loss_going_down_speed_and_ipu_step_time(quick_run)
     vals = [r["loss"] for r in records if r["kind"] == "eval" and r["split"] == "val"]
     assert vals[-1] < vals[0]
     lines = printed.splitlines()
-    shown = [float(m.group(1)) for line in lines if (m := re.match(r"step \d+/12 \| train loss ([\d.]+) \| val loss", line))]
+    pattern = re.compile(r"step \d+/12 \| train loss ([\d.]+) \| val loss")
+    shown = [float(m.group(1)) for line in lines if (m := pattern.match(line))]
     assert len(shown) == 2 and shown[1] < shown[0], printed
     final = lines[-1]
     assert re.match(r"final: val [\d.]+ bpc, test [\d.]+ bpc \| this machine [\d.]+k? tok/s \| "
