@@ -38,10 +38,15 @@ def fuse(program: Program) -> Program:
 
 
 def _absorb(op: Op, ops: list, producer: dict, consumers: dict) -> Op:
-    """Fuse every qualifying producer of ``op``'s operands into it (producers are already fused)."""
+    """Fuse every qualifying producer of ``op``'s operands into it (producers are already fused).
+
+    Operands are taken once per value: an op reading a value in several operand slots (``d * d``)
+    is still its single consumer, and once the producer is fused every slot reads the fused-in
+    computation, so no slot may keep a reference to the removed intermediate.
+    """
     span = op.outputs[0].size if op.kind == ELEMENTWISE else op.inputs[0].size if op.inputs else 0
     inputs: list[Value] = []
-    for v in op.inputs:
+    for v in {v.id: v for v in op.inputs}.values():
         chain = _fusable_chain(v, ops, producer, consumers, op, span)
         if chain is None:
             inputs.append(v)
