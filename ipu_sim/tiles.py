@@ -39,7 +39,7 @@ from ipu_sim.trace import (CONSTANT, COPY, CUMULATIVE, ELEMENTWISE, GATHER, MATM
 
 _KEEP_MAPPING = frozenset({"reshape", "squeeze", "expand_dims", "stop_gradient", "device_put",
                            "optimization_barrier", "sharding_constraint", "random_wrap",
-                           "random_unwrap", "bitcast_convert_type"})
+                           "random_unwrap", "random_clone", "bitcast_convert_type"})
 _INDEX_BYTES = 4
 
 
@@ -168,7 +168,7 @@ class _Mapper:
             lay = self.layouts[src.id]
             if op.primitive in _KEEP_MAPPING:
                 new = lay
-            elif op.primitive in ("slice", "split"):
+            elif op.primitive in ("slice", "split", "unstack"):
                 tiles = max(1, round(lay.tiles * v.size / max(src.size, 1)))
                 new = Layout(next(self._mappings), tiles, lay.anchor, lay.broadcast)
             else:  # transpose, rev, broadcast_in_dim
@@ -308,7 +308,8 @@ class _Mapper:
                          exchange_phases=1)
 
     def rng(self, op: Op) -> OpMapping:
-        out = op.outputs[0]
+        # The random values are the largest output (rng_bit_generator also returns its new state).
+        out = max(op.outputs, key=lambda v: v.nbytes)
         lay = self.fresh(out.nbytes, op.index)
         per_tile = ceil_div(out.size, lay.tiles)
         recv = sum(v.nbytes for v in op.inputs)

@@ -25,6 +25,11 @@ separate bfloat16 unit). The accumulation precision of a matmul is its ``preferr
 else its output dtype.
 
 Every primitive is in one of the conscious tables below; anything else raises a ValueError naming it.
+Deliberately without a cost model: collectives (``psum``, ``all_gather``, ...: data parallelism is
+:mod:`ipu_sim.system`'s all-reduce, not part of a traced step), linear algebra and FFTs
+(``cholesky``, ``triangular_solve``, ``fft``, ...), windowed reductions (``reduce_window*``,
+``select_and_scatter_add``), the counter-based generators JAX's default PRNG does not emit
+(``philox*``, ``threefry4x32``, ``mulhi``), complex numbers and host callbacks.
 """
 
 from __future__ import annotations
@@ -220,6 +225,7 @@ _SIMPLE = frozenset({
     "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not", "xor", "is_finite", "square",
     "convert_element_type", "copysign", "nextafter", "shift_left", "shift_right_logical",
     "shift_right_arithmetic", "population_count", "clz", "select_n", "clamp", "reduce_precision",
+    "eq_to", "lt_to", "le_to",
 })
 # Single-lane fp32 / two-lane fp16 hardware instructions (and reciprocal-based divide).
 _TRANSCENDENTAL = frozenset({"exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sqrt",
@@ -234,18 +240,24 @@ _ZERO_FLOP = frozenset({
     "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not", "xor", "is_finite", "convert_element_type",
     "shift_left", "shift_right_logical", "shift_right_arithmetic", "population_count", "clz",
     "select_n", "sign", "copysign", "nextafter", "reduce_precision", "floor", "ceil", "round",
+    "eq_to", "lt_to", "le_to",
 })
 _VIEWS = frozenset({"reshape", "squeeze", "expand_dims", "broadcast_in_dim", "transpose", "slice",
-                    "rev", "stop_gradient", "split", "sharding_constraint", "device_put",
-                    "optimization_barrier", "random_wrap", "random_unwrap", "bitcast_convert_type"})
-_LAYOUT_ONLY = _VIEWS | {"copy", "copy_p", "concatenate", "pad"}
+                    "rev", "stop_gradient", "split", "unstack", "sharding_constraint", "device_put",
+                    "optimization_barrier", "random_wrap", "random_unwrap", "random_clone",
+                    "bitcast_convert_type"})
+# Copies into a fresh layout: ``stack`` is a concatenate of inputs broadcast to a new unit axis and
+# ``tile`` a concatenate of an input with itself; both move bytes and compute nothing.
+_COPIES = frozenset({"copy", "copy_p", "concatenate", "pad", "stack", "tile"})
+_LAYOUT_ONLY = _VIEWS | _COPIES
 _REDUCES = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
                       "reduce_or", "reduce_xor", "argmax", "argmin"})
 _CUMULATIVE = frozenset({"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"})
-_COPIES = frozenset({"copy", "copy_p", "concatenate", "pad"})
-_RNG = frozenset({"random_bits", "random_seed", "random_fold_in", "random_split", "threefry2x32"})
-_SCATTERS = frozenset({"scatter", "scatter-add", "scatter_add", "scatter-mul", "scatter_mul",
-                       "scatter-min", "scatter_min", "scatter-max", "scatter_max"})
+_RNG = frozenset({"random_bits", "random_seed", "random_fold_in", "random_split", "threefry2x32",
+                  "rng_bit_generator", "rng_uniform"})
+_SCATTERS = frozenset({"scatter", "scatter-add", "scatter_add", "scatter-sub", "scatter_sub",
+                       "scatter-mul", "scatter_mul", "scatter-min", "scatter_min", "scatter-max",
+                       "scatter_max"})
 _CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "named_call", "custom_jvp_call",
                     "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "remat2", "checkpoint"})
 
@@ -636,9 +648,15 @@ def _scatter(w: _Walker, eqn, ins: list, base: Op) -> Op:
                    detail=IndexDims(slices, size), aliases=alias)
 
 
+# Simple instructions per vector where one is not enough. A total-order comparison (``*_to``, used by
+# sorts and searchsorted to order NaNs and signed zeros) has no hardware instruction: each operand's
+# bits are mapped to an ordered integer (sign-dependent xor), then compared as integers.
+_SIMPLE_COUNTS = {"clamp": 2, "eq_to": 3, "lt_to": 3, "le_to": 3}
+
+
 def _elementwise_work(name: str, eqn, ins: list) -> tuple[VectorWork, float]:
     if name in _SIMPLE:
-        n = {"clamp": 2}.get(name, max(1, len(ins) - 2) if name == "select_n" else 1)
+        n = _SIMPLE_COUNTS.get(name, max(1, len(ins) - 2) if name == "select_n" else 1)
         return VectorWork(n), 0 if name in _ZERO_FLOP else n
     if name in _TRANSCENDENTAL:
         return VectorWork(1 if name == "div" else 0, 1), 1
