@@ -27,6 +27,7 @@ from experiments.data import DataUnavailableError
 from experiments.optimizers import OPTIMIZERS, SCHEDULES, OptimizerConfig
 from experiments.parallel import initialize_distributed
 from experiments.train import NonFiniteLossError, ResumeError, TrainConfig, TrainingInterrupted
+from ipu_sim.hardware import SYSTEMS, get_system
 
 _UNSET = object()
 _TRAIN, _OPT = TrainConfig(), OptimizerConfig()
@@ -84,10 +85,12 @@ class ExperimentCLI:
         if quick is not _UNSET:
             self._quick[action.dest] = quick
 
-    def _shared(self, group, dest: str, flag: str, kwargs: dict, help: str, default: Any) -> None:
+    def _shared(self, group, dest: str, flag: str | tuple[str, ...], kwargs: dict, help: str,
+                default: Any) -> None:
         default = self._script_defaults.get(dest, default)
         quick = self._script_quick.get(dest, _UNSET)
-        self.add(flag, default=default, quick=quick, help=help, group=group, dest=dest, **kwargs)
+        flags = (flag,) if isinstance(flag, str) else flag
+        self.add(*flags, default=default, quick=quick, help=help, group=group, dest=dest, **kwargs)
 
     def _add_shared(self) -> None:
         run = self.parser.add_argument_group("run")
@@ -108,7 +111,10 @@ class ExperimentCLI:
         run.add_argument("--distributed", action="store_true",
                          help="call jax.distributed.initialize() first (multi-host runs)")
         run.add_argument("--no-ipu-estimate", action="store_true", help="skip the IPU estimate of the step")
-        self._shared(run, "ipu_chip", "--ipu-chip", {}, "IPU of the estimate (gc2, gc200, bow)", _TRAIN.ipu_chip)
+        self._shared(run, "ipu_system", ("--ipu-system", "--ipu-chip"),
+                     {"type": _system_name, "choices": list(SYSTEMS), "metavar": "SYSTEM"},
+                     f"IPU system of the step's estimate: {', '.join(SYSTEMS)} (a chip name means one IPU of "
+                     f"it; the batch is split data-parallel over the system's IPUs)", _TRAIN.ipu_system)
         train = self.parser.add_argument_group("training")
         for dest, (flag, kwargs, help) in _TRAIN_OPTIONS.items():
             self._shared(train, dest, flag, kwargs, help, getattr(_TRAIN, dest))
@@ -162,9 +168,18 @@ class ExperimentCLI:
             return TrainConfig(**{d: getattr(args, d) for d in _TRAIN_OPTIONS}, optimizer=optimizer,
                                seed=args.seed, out_dir=str(args.out), resume=not args.fresh,
                                progress=not args.no_progress, data_parallel=args.devices,
-                               ipu_estimate=not args.no_ipu_estimate, ipu_chip=args.ipu_chip)
+                               ipu_estimate=not args.no_ipu_estimate, ipu_system=args.ipu_system)
         except ValueError as err:
             self.parser.error(str(err))  # prints the usage and exits with status 2
+
+
+def _system_name(name: str) -> str:
+    """The canonical name of an IPU system or alias (``bow`` -> ``bow-ipu``); unknown names pass through
+    for argparse to reject with the list of choices."""
+    try:
+        return get_system(name).name
+    except ValueError:
+        return name
 
 
 def _help_text(help: str, default: Any, quick: Any) -> str:

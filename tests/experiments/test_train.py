@@ -8,10 +8,13 @@ every device JAX sees, which tests/experiments/test_train_sharding.py does under
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,12 +29,14 @@ import optax
 import pytest
 from flax import nnx
 
+import experiments.train
 from experiments import data
 from experiments.checkpoint import CheckpointError, CheckpointStore
+from experiments.cli import ExperimentCLI
 from experiments.optimizers import OptimizerConfig
 from experiments.results import read_jsonl
 from experiments.train import (NonFiniteLossError, ResumeError, TrainConfig, TrainingInterrupted, eval_metrics,
-                               train)
+                               ipu_estimate, speed_summary, train)
 from experiments.train_step import plain_value_and_grad
 
 TINY = Path(__file__).parent / "data" / "tiny.txt"
@@ -100,11 +105,33 @@ def records(out, kinds=("train", "eval")) -> list[dict]:
             if r["kind"] in kinds]
 
 
+@dataclasses.dataclass(frozen=True)
+class ReferenceRun:
+    out: Path
+    result: object
+    printed: str  # the run's stdout
+    estimates: int  # calls of ipu_sim's estimate_system during the run
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    result = run(out, ipu_estimate=True)
-    return out, result
+    real, calls = experiments.train.estimate_system, []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("system"))
+        return real(*args, **kwargs)
+
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(experiments.train, "estimate_system", counted)
+        result = run(out, ipu_estimate=True)
+    return ReferenceRun(out, result, printed.getvalue(), len(calls))
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    return reference_run.out, reference_run.result
 
 
 def copy_run(src: Path, dst: Path) -> Path:
@@ -158,11 +185,82 @@ def test_result_json_holds_config_environment_final_metrics_and_speed(reference)
 
 def test_result_json_holds_the_ipu_estimate_of_the_train_step(reference):
     out, _ = reference
-    ipu = json.loads((out / "result.json").read_text())["ipu"]
-    assert ipu["chip"] == "bow"
+    saved = json.loads((out / "result.json").read_text())
+    ipu = saved["ipu"]
     assert "error" not in ipu, ipu.get("error")
+    assert (ipu["system"], ipu["description"], ipu["chip"]) == ("bow-ipu", "one Bow IPU", "bow")
+    assert saved["config"]["ipu_system"] == "bow-ipu"
+    assert (ipu["replicas"], ipu["micro_batch"]) == (1, B)  # the run's own batch on one IPU
     assert ipu["step_time_s"] > 0 and ipu["tokens_per_s"] == pytest.approx(B * T / ipu["step_time_s"])
     assert 0 < ipu["utilisation"] <= 1 and isinstance(ipu["fits"], bool)
+    assert ipu["precision"].startswith("matmuls fp32 inputs, fp32 partials")  # TinyLM runs in float32
+    detail = ipu["detail"]
+    assert (detail["system"], detail["micro_batch"], detail["seq"], detail["replicas"]) == ("bow-ipu", B, T, 1)
+    assert detail["step_seconds"] == ipu["step_time_s"] and detail["fits"] == ipu["fits"]
+
+
+def test_the_ipu_estimate_is_made_once_per_run_and_printed_beside_the_cpu_speed(reference_run):
+    assert reference_run.estimates == 1  # 24 steps, one estimate
+    saved = json.loads((reference_run.out / "result.json").read_text())
+    last = reference_run.printed.splitlines()[-1]
+    assert last == speed_summary(saved)
+    number = r"[\d.,]+"
+    assert re.fullmatch(rf"this machine {number}[kM]? tok/s \({number} ms/step\) \| one Bow IPU \(bow-ipu\) "
+                        rf"estimate {number}[kMG]? tok/s \({number} ms/step, {number}x this machine\), "
+                        rf"{number}% of peak FLOP/s, (fits|does NOT fit) in tile memory", last), last
+    shown = float(re.search(rf"({number})x this machine", last).group(1).replace(",", ""))
+    assert shown == pytest.approx(saved["ipu"]["tokens_per_s"] / saved["tokens_per_s"], rel=5e-3)
+
+
+def _tiny_step():
+    """TinyLM's train step and step-0 state, as the loop builds them."""
+    from experiments.optimizers import make_optimizer
+    from experiments.train_step import init_state, make_train_step
+
+    cfg = config("unused")
+    optimizer = make_optimizer(cfg.optimizer, cfg.steps)
+    probe = data.lm_batch(TRAIN, 0, batch_size=B, seq_len=T)
+    graphdef, state = init_state(TinyLM(VOCAB.size, 16), lm_loss, optimizer, probe)
+    return make_train_step(graphdef, lm_loss, optimizer, log_every=4), state
+
+
+@pytest.mark.parametrize("system, rows, replicas", [("bow-pod16", 4, 4), ("bow-m2000", 6, 3)])
+def test_ipu_estimate_splits_the_batch_over_the_ipus_of_a_system(system, rows, replicas):
+    step, state = _tiny_step()
+    batch = data.lm_batch(TRAIN, 0, batch_size=rows, seq_len=T)
+    ipu = ipu_estimate(step, state, batch, seq_len=T, system=system)
+    assert "error" not in ipu, ipu.get("error")
+    # replicas: the largest divisor of the batch that the system has IPUs for
+    assert (ipu["system"], ipu["replicas"], ipu["micro_batch"]) == (system, replicas, rows // replicas)
+    assert ipu["detail"]["ipus_used"] == replicas and ipu["detail"]["samples_per_step"] == rows
+    assert ipu["tokens_per_s"] == pytest.approx(rows * T / ipu["step_time_s"])
+
+
+def test_ipu_estimate_costs_a_step_through_the_fp8_quantiser():
+    from unitscale.formats import E4M3, E5M2, quantize
+
+    def step(w, x):
+        def loss(w):
+            h = quantize(x, E4M3) @ quantize(w, E4M3)
+            return jnp.mean(quantize(h, E5M2, rounding="stochastic", key=jax.random.key(1)) ** 2)
+        return w - 0.1 * jax.grad(loss)(w)
+
+    ipu = ipu_estimate(step, jnp.ones((16, 8)), np.ones((4, 16), np.float32), seq_len=1)
+    assert "error" not in ipu, ipu.get("error")
+    # quantize simulates FP8 in float32 values: the matmuls are costed as the float32 they trace to
+    assert ipu["step_time_s"] > 0 and ipu["precision"].startswith("matmuls fp32 inputs")
+
+
+def test_an_ipu_estimate_that_fails_is_recorded_and_summarised_not_raised():
+    def step(state, batch):  # a windowed sum: a primitive ipu_sim has no cost model for
+        return state + jax.lax.reduce_window(batch, 0.0, jax.lax.add, (1, 2), (1, 2), "VALID").sum()
+
+    ipu = ipu_estimate(step, jnp.zeros(()), np.ones((4, 8), np.float32), seq_len=8)
+    assert set(ipu) == {"system", "description", "error"} and ipu["system"] == "bow-ipu"
+    assert ipu["error"].startswith("ValueError: unsupported primitive 'reduce_window_sum'")
+    line = speed_summary({"config": {"batch_size": 4, "seq_len": 8}, "tokens_per_s": 3200.0, "ipu": ipu})
+    assert line.startswith("this machine 3.2k tok/s (10.0 ms/step) | IPU estimate (bow-ipu) unavailable: "
+                           "ValueError: unsupported primitive 'reduce_window_sum'")
 
 
 def test_trained_model_is_returned_with_the_final_weights(reference):
@@ -362,10 +460,33 @@ def test_a_torn_record_after_the_last_checkpoint_is_dropped_on_resume(reference,
     ("eval_batches", 0, "eval_batches must be an integer >= 1"),
     ("seed", -1, "seed must be an integer >= 0"),
     ("out_dir", "", "out_dir must be a non-empty string"),
+    ("ipu_system", "tpu-v4", "ipu_system: unknown system 'tpu-v4'; valid systems: gc2-ipu"),
 ])
 def test_train_config_rejects_bad_values_by_name(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})
+
+
+def test_train_config_takes_an_ipu_system_or_alias_by_its_canonical_name():
+    assert TrainConfig().ipu_system == "bow-ipu"
+    assert TrainConfig(ipu_system="BOW").ipu_system == "bow-ipu"
+    assert TrainConfig(ipu_system="bow-pod16").ipu_system == "bow-pod16"
+    with pytest.raises(TypeError, match="ipu_system must be a system name, got int"):
+        TrainConfig(ipu_system=4)
+
+
+def test_the_cli_chooses_the_ipu_system_and_keeps_the_old_chip_option(capsys):
+    cli = ExperimentCLI("prog", "test")
+    assert cli.train_config(cli.parse([])).ipu_system == "bow-ipu"
+    assert cli.train_config(cli.parse(["--ipu-system", "bow-pod16"])).ipu_system == "bow-pod16"
+    assert cli.train_config(cli.parse(["--ipu-chip", "gc200"])).ipu_system == "gc200-ipu"
+    assert cli.train_config(cli.parse_dict({"ipu_system": "c600"})).ipu_system == "c600"
+    assert "--ipu-system SYSTEM, --ipu-chip SYSTEM" in cli.parser.format_help()
+    with pytest.raises(SystemExit) as bad:
+        cli.parse(["--ipu-system", "tpu-v4"])
+    assert bad.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'tpu-v4'" in err and "'bow-pod64'" in err
 
 
 def test_train_config_accepts_an_optimizer_dict():

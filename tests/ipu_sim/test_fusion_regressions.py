@@ -29,8 +29,11 @@ def assert_well_formed(program, fused):
         known |= {v.id for v in op.outputs}
     assert all(v.id in known for v in fused.outputs)
     assert fused.flops == program.flops
-    total = lambda p: sum((op.work for op in p.ops for _ in range(op.count)), VectorWork())  # noqa: E731
-    assert total(fused) == total(program)
+    assert _total_work(fused) == _total_work(program)
+
+
+def _total_work(program) -> VectorWork:
+    return sum((op.work for op in program.ops for _ in range(op.count)), VectorWork())
 
 
 @pytest.mark.parametrize("fn, expected", [

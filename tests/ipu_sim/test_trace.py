@@ -176,7 +176,8 @@ def test_stack_is_a_copy_of_its_inputs_moving_bytes_without_flops():
 
 def test_a_stacked_fp8_value_stays_an_fp8_matmul_operand():
     fn = lambda a, b: jnp.stack([a.astype(F16)])[0] @ b.astype(F16)  # noqa: E731
-    (d,) = matmuls(trace(fn, sds(8, 16, dtype=jnp.float8_e4m3fn), sds(16, 4, dtype=jnp.float8_e5m2)))
+    a, b = sds(8, 16, dtype=jnp.float8_e4m3fn), sds(16, 4, dtype=jnp.float8_e5m2)
+    (d,) = matmuls(trace(fn, a, b))
     assert d.inputs == "fp8"
 
 
@@ -205,7 +206,8 @@ def test_rng_bit_generator_costs_its_random_values_like_random_bits():
     bits = ipu_sim.estimate(lambda k: jax.random.bits(k, shape), jax.random.key(0))
     (a,), (b,) = rbg.ops, bits.ops
     assert a.kind == b.kind == "rng"
-    assert (a.tiles, a.compute_cycles) == (b.tiles, b.compute_cycles)  # not mapped by its 16-B state
+    # mapped by its 8 KiB of random words, not by its 16-byte generator state
+    assert (a.tiles, a.compute_cycles) == (b.tiles, b.compute_cycles)
 
 
 def _optimizer_update(opt):
@@ -232,7 +234,8 @@ TRAINING_STEP_PIECES = {
     "split / fold_in / clone": (lambda k: jax.random.fold_in(jax.random.clone(k), 3), (_KEY,)),
     "threefry2x32": (lambda k, c: jax.extend.random.threefry_2x32(k, c),
                      (sds(2, dtype=jnp.uint32), sds(64, dtype=jnp.uint32))),
-    "rng_bit_generator": (lambda k: jax.lax.rng_bit_generator(k, (8, 16))[1], (sds(4, dtype=jnp.uint32),)),
+    "rng_bit_generator": (lambda k: jax.lax.rng_bit_generator(k, (8, 16))[1],
+                          (sds(4, dtype=jnp.uint32),)),
     "reduce_precision": (lambda a: jax.lax.reduce_precision(a, 4, 3), (_X,)),
     "bitcast_convert_type": (lambda a: jax.lax.bitcast_convert_type(a, jnp.uint32) >> 3, (_X,)),
     "clamp": (lambda a: jax.lax.clamp(0.0, a, 1.0), (_X,)),
