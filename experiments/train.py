@@ -278,7 +278,10 @@ def ipu_estimate(step_fn: Callable, state: TrainState, batch, *, seq_len: int, s
     the matmul precision, or ``{"system": ..., "error": ...}`` if the model cannot say.
     """
     chosen = get_system(system)
-    rows = jax.tree.leaves(batch)[0].shape[0]
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(batch)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"batch: every leaf needs the same leading (batch) dimension, got {sorted(sizes, key=str)}")
+    (rows,) = sizes
     replicas = max(r for r in range(1, min(rows, chosen.ipus) + 1) if rows % r == 0)
     micro = rows // replicas
     abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state)

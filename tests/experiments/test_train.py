@@ -251,6 +251,11 @@ def test_ipu_estimate_costs_a_step_through_the_fp8_quantiser():
     assert ipu["step_time_s"] > 0 and ipu["precision"].startswith("matmuls fp32 inputs")
 
 
+def test_ipu_estimate_refuses_a_batch_without_one_leading_dimension():
+    with pytest.raises(ValueError, match=r"batch: every leaf needs the same leading \(batch\) dimension, got \[3, 4\]"):
+        ipu_estimate(lambda s, b: s, jnp.zeros(()), {"a": np.ones((4, 2)), "b": np.ones(3)}, seq_len=2)
+
+
 def test_an_ipu_estimate_that_fails_is_recorded_and_summarised_not_raised():
     def step(state, batch):  # a windowed sum: a primitive ipu_sim has no cost model for
         return state + jax.lax.reduce_window(batch, 0.0, jax.lax.add, (1, 2), (1, 2), "VALID").sum()
