@@ -121,7 +121,7 @@ def _accepts(fn: Constraint, count: int) -> bool:
 def apply_constraint(constraint: ConstraintLike, *scales: float) -> tuple[float, ...]:
     """Tie ``scales = (output_scale, *grad_input_scales)`` together with ``constraint``.
 
-    Returns ``(c, c, ..., c)`` with ``c = constraint(*scales)``, or ``scales`` unchanged for ``None``.
+    Returns ``(c, ..., c)`` with ``c = constraint(*scales)``, or ``scales`` unchanged for ``None``.
     """
     fn = resolve_constraint(constraint)
     if fn is None:

@@ -12,8 +12,9 @@ JAX conventions where they differ from PyTorch:
   * weights in Flax layout: ``linear`` kernels are ``(in_features, out_features)``, embedding tables
     ``(vocab, d)``;
   * attention tensors are ``(..., seq, heads, d_head)``, as in ``jax.nn.dot_product_attention``;
-  * bfloat16/float16 inputs are computed in float32 internally (matmul accumulation, statistics,
-    softmax, non-linearities), scaled there, and returned in the input dtype.
+  * bfloat16/float16 inputs: statistics, softmax, attention logits, non-linearities and scaled
+    sums run in float32 and round once to the input dtype; matmuls run in the input dtype as
+    ``jnp.matmul`` does, with the forward scale applied before the product is rounded.
 
 Scales come from the shapes an op sees. Under ``jax.vmap`` the mapped axis is invisible to the op,
 so counts that run over it (the weight-gradient scales of ``linear``/``matmul``/``embedding``, the
@@ -130,11 +131,22 @@ def _log_interpolate(alpha: float, lower: float, upper: float) -> float:
 # Matrix products
 
 
-def _matmul_f32(left: jax.Array, right: jax.Array) -> jax.Array:
-    """``left @ right`` accumulated (and returned) in the compute dtype, so scaling happens before
-    any rounding to a 16-bit result."""
-    dtype = _compute_dtype(jnp.result_type(left, right))
-    return jnp.matmul(left, right, preferred_element_type=dtype)
+def _scaled_matmul(
+    left: jax.Array, right: jax.Array, out_s: float, left_s: float, right_s: float
+) -> jax.Array:
+    """``out_s * (left @ right)``; backward ``left_s * g @ right^T`` and ``right_s * left^T @ g``.
+
+    The forward factor rides on the smaller operand (usually the weight) and the other operand's
+    backward factor is divided by it, which gives the same gradients. So no activation-sized
+    tensor is multiplied in the forward pass (none in the backward either when a constraint ties
+    the scales), the product is already scaled when it is rounded to a 16-bit dtype, and the
+    matmuls run in the input dtype like plain ``jnp.matmul``.
+    """
+    if right.size <= left.size:
+        left, right = scale_bwd(left, left_s / out_s), scale(right, out_s, right_s)
+    else:
+        left, right = scale(left, out_s, left_s), scale_bwd(right, right_s / out_s)
+    return jnp.matmul(left, right)
 
 
 def matmul(
@@ -146,7 +158,7 @@ def matmul(
 
     Forward: ``k^-1/2``.
     Backward left: ``(n * b_l)^-1/2``, b_l = broadcast batch size that left is reused across.
-    Backward right: ``(m * b_r)^-1/2``, b_r likewise; for a 2-D right, ``m * b_r`` is all rows of left.
+    Backward right: ``(m * b_r)^-1/2``, b_r likewise (for a 2-D right: all rows of left).
     Constraint ties all three (default ``to_output_scale``).
 
     unit-scaling 0.3.5 counts only ``left.shape[-2]`` rows for the right gradient; counting every
@@ -175,8 +187,7 @@ def matmul(
     out_s, left_s, right_s = apply_constraint(
         constraint, k**-0.5, left_terms**-0.5, right_terms**-0.5
     )
-    out = _matmul_f32(scale_bwd(left, left_s), scale_bwd(right, right_s))
-    return scale_fwd(out, out_s).astype(jnp.result_type(left, right))
+    return _scaled_matmul(left, right, out_s, left_s, right_s)
 
 
 def linear(
@@ -209,13 +220,13 @@ def linear(
     batch = max(input.size // fan_in, 1)
     out_s, in_s = apply_constraint(constraint, fan_in**-p_out, fan_out**-p_in)
     w_s = batch**-p_w
-    out = _matmul_f32(scale_bwd(input, in_s), scale_bwd(weight, w_s))
+    out = _scaled_matmul(input, weight, out_s, in_s, w_s)
     if bias is not None:
         bias = _float_array(bias, "bias")
         if bias.shape != (fan_out,):
             raise ValueError(f"bias must have shape ({fan_out},), got {bias.shape}")
-        out = out + scale_bwd(_upcast(bias), w_s)
-    return scale_fwd(out, out_s).astype(jnp.result_type(input, weight))
+        out = out + scale(bias, out_s, w_s)
+    return out.astype(jnp.result_type(input, weight))
 
 
 def linear_readout(
@@ -247,8 +258,11 @@ def _scaled_elementwise(
     out_dtype: jnp.dtype | None = None,
 ) -> jax.Array:
     out_scale, grad_scale = apply_constraint(constraint, out_scale, grad_scale)
-    y = fn(scale_bwd(_upcast(input), grad_scale))
-    return scale_fwd(y, out_scale).astype(out_dtype or input.dtype)
+    # For a one-input op, scaling the incoming gradient equals scaling the input gradient (the
+    # vector-Jacobian product is linear). Doing it at the output keeps the backward chain of `fn`
+    # ending in its own ops, which XLA then computes once instead of fusing (and recomputing) an
+    # expensive chain such as erf's polynomial into each consumer of the scaled gradient.
+    return scale(fn(_upcast(input)), out_scale, grad_scale).astype(out_dtype or input.dtype)
 
 
 def gelu(
@@ -286,7 +300,7 @@ def silu(
 ) -> jax.Array:
     """Unit-scaled SiLU (swish), ``x * sigmoid(mult * x)``.
 
-    Fitted model (unit-scaling 0.3.5), with ``a = sigmoid(log(4 mult^2))``, ``b = sigmoid(log(mult^2))``:
+    Fitted model (unit-scaling 0.3.5), ``a = sigmoid(log(4 mult^2))``, ``b = sigmoid(log(mult^2))``:
     Forward: ``2^(1-a) * (2 / (1 - 1/pi))^(a/2)``.
     Backward input: ``2^(1-b) * 2^(b/2)``.
     Constraint ties both (default ``to_output_scale``).
@@ -310,11 +324,13 @@ def silu_glu(input: ArrayLike, gate: ArrayLike, mult: float = 1.0) -> jax.Array:
     """
     input, gate = _float_array(input, "input"), _float_array(gate, "gate")
     if input.shape != gate.shape:
-        raise ValueError(f"input and gate must have equal shapes, got {input.shape} and {gate.shape}")
+        raise ValueError(
+            f"input and gate must have equal shapes, got {input.shape} and {gate.shape}"
+        )
     mult = _positive(mult, "mult")
     s = _log_interpolate(1.0 / (1.0 + 1.0 / mult**2), 2.0, 2.0**0.5)
-    x, g = scale_bwd(_upcast(input), s), scale_bwd(_upcast(gate), s)
-    out = scale_fwd(x * _silu(g, mult), s)
+    # Both inputs share the backward scale, so it can act on the incoming gradient.
+    out = scale(_upcast(input) * _silu(_upcast(gate), mult), s, s)
     return out.astype(jnp.result_type(input, gate))
 
 
@@ -327,7 +343,7 @@ def softmax(
 ) -> jax.Array:
     """Unit-scaled softmax of ``mult * x`` along ``dim``, computed in float32.
 
-    Fitted model (unit-scaling 0.3.5), with n = ``input.shape[dim]`` and ``a = sigmoid(log(mult^2 / 4))``,
+    Fitted model (unit-scaling 0.3.5), n = ``input.shape[dim]``, ``a = sigmoid(log(mult^2 / 4))``,
     interpolating between the flat (a=0) and one-hot (a=1) limits:
     Forward: ``n^(1 - a/2)``.
     Backward input: ``(n/mult)^(1 - a/2)``.
@@ -349,7 +365,8 @@ def softmax(
 def dropout(
     input: ArrayLike, p: float = 0.5, training: bool = True, *, rng: jax.Array | None = None
 ) -> jax.Array:
-    """Unit-scaled dropout: zero each element with probability ``p``, keep the rest at ``(1-p)^-1/2``.
+    """Unit-scaled dropout: zero each element with probability ``p``, keep the rest times
+    ``(1-p)^-1/2``.
 
     Equivalent to PyTorch's inverted dropout followed by a ``(1-p)^1/2`` scale, so eval mode
     (``training=False``, no key needed) returns ``(1-p)^1/2 * x``, the training-mode expectation.
@@ -457,7 +474,8 @@ def add(
     Forward: ``2^-1/2``; 1 if either operand has a single element (a constant shifts, not widens).
     Backward input: ``r_input^-1/2``, r = how many times broadcasting reuses each element.
     Backward other: ``r_other^-1/2``.
-    Constraint ties all three (default ``to_output_scale``). A Python scalar operand gives a plain add.
+    Constraint ties all three (default ``to_output_scale``).
+    A Python scalar operand gives a plain add.
     """
     if isinstance(input, numbers.Number) or isinstance(other, numbers.Number):
         return jnp.add(input, other)
@@ -467,7 +485,9 @@ def add(
     try:
         out_size = math.prod(jnp.broadcast_shapes(a.shape, b.shape))
     except ValueError:
-        raise ValueError(f"shapes of input {a.shape} and other {b.shape} do not broadcast") from None
+        raise ValueError(
+            f"shapes of input {a.shape} and other {b.shape} do not broadcast"
+        ) from None
     dtype = jnp.result_type(a, b)
     if out_size == 0:
         return jnp.add(a, b)
@@ -520,10 +540,10 @@ def residual_add(residual: ArrayLike, skip: ArrayLike, tau: float = 1.0) -> jax.
 def residual_apply(
     fn: Callable[[jax.Array], jax.Array], input: ArrayLike, tau: float = 1.0
 ) -> jax.Array:
-    """``residual_add(fn(residual), skip, tau)`` with ``residual, skip = residual_split(input, tau)``.
+    """``residual_add(fn(residual), skip, tau)``, ``residual, skip = residual_split(input, tau)``.
 
     Forward: ``fn``'s branch weighted ``tau / (1+tau^2)^1/2``, the skip ``1 / (1+tau^2)^1/2``.
-    Backward input: the branch gradient weighted ``tau / (1+tau^2)^1/2`` plus the skip's ``1 / (1+tau^2)^1/2``.
+    Backward input: branch gradient times ``tau / (1+tau^2)^1/2`` plus skip's ``1 / (1+tau^2)^1/2``.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -550,7 +570,9 @@ def embedding(input: ArrayLike, weight: ArrayLike, padding_idx: int | None = Non
     out = jnp.take(table, ids, axis=0)
     if padding_idx is not None:
         if not isinstance(padding_idx, int) or not -vocab <= padding_idx < vocab:
-            raise ValueError(f"padding_idx must be an int in [-{vocab}, {vocab}), got {padding_idx!r}")
+            raise ValueError(
+                f"padding_idx must be an int in [-{vocab}, {vocab}), got {padding_idx!r}"
+            )
         is_pad = (ids == padding_idx % vocab)[..., None]
         out = jnp.where(is_pad, jax.lax.stop_gradient(out), out)
     return out
@@ -638,12 +660,12 @@ def scaled_dot_product_attention(
     dropout_p = _rate(dropout_p, "dropout_p")
     mult = _positive(mult, "mult")
     if dropout_p > 0.0 and rng is None:
-        raise ValueError(f"rng: attention dropout with dropout_p={dropout_p} needs a PRNG key `rng`")
+        raise ValueError(
+            f"rng: attention dropout with dropout_p={dropout_p} needs a PRNG key `rng`"
+        )
     q_len, heads, d_head = q.shape[-3:]
     kv_len = k.shape[-3]
     s = _attention_scale(kv_len, d_head, mult, dropout_p, bool(is_causal))
-    q, k, v = scale_bwd(q, s), scale_bwd(k, s), scale_bwd(v, s)
-
     logits = jnp.einsum("...tnh,...snh->...nts", q, k, preferred_element_type=jnp.float32)
     logits = logits * (mult / d_head)
     keep, bias = _attention_mask(attn_mask, bool(is_causal), logits.shape)
@@ -652,16 +674,14 @@ def scaled_dot_product_attention(
     if keep is not None:
         # A finite floor (not -inf) keeps fully masked rows finite: they attend uniformly.
         logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
+    # q, k and v share one backward scale, and the output is linear in the probabilities, so a
+    # single scale on them (float32, fused into the softmax and its gradient) scales all of it.
+    probs = scale(jax.nn.softmax(logits, axis=-1), s, s)
     if dropout_p > 0.0:
         kept = jax.random.bernoulli(rng, 1.0 - dropout_p, probs.shape)
         probs = jnp.where(kept, probs / (1.0 - dropout_p), 0.0)
-    out_dtype = jnp.result_type(q, k, v)
-    out = jnp.einsum(
-        "...nts,...snh->...tnh", probs.astype(v.dtype), v,
-        preferred_element_type=_compute_dtype(out_dtype),
-    )
-    return scale_fwd(out, s).astype(out_dtype)
+    out = jnp.einsum("...nts,...snh->...tnh", probs.astype(v.dtype), v)
+    return out.astype(jnp.result_type(q, k, v))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -709,7 +729,7 @@ def cross_entropy(
     vocab = logits.shape[-1]
     if vocab < 2:
         raise ValueError(f"input must have at least 2 classes on its last axis, got {vocab}")
-    x = scale_fwd(scale_bwd(_upcast(logits), vocab / (vocab - 1) ** 0.5), mult)
+    x = scale_fwd(_upcast(logits), mult)
     log_probs = jax.nn.log_softmax(x, axis=-1)
     valid = target != ignore_index
     safe_target = jnp.where(valid, target, 0)[..., None]
@@ -717,13 +737,14 @@ def cross_entropy(
     total = jnp.sum(jnp.where(valid, nll, 0.0))
     if reduction == "mean":
         total = _mean_forward_only(total, jnp.sum(valid).astype(total.dtype))
-    return total.astype(logits.dtype)
+    # Scaling the scalar loss's gradient scales the logit gradient, at the cost of one multiply.
+    return scale_bwd(total, vocab / (vocab - 1) ** 0.5).astype(logits.dtype)
 
 
 def mse_loss(input: ArrayLike, target: ArrayLike, *, reduction: str = "mean") -> jax.Array:
-    """Unit-scaled squared error ``sum((input - target)^2)``, divided by ``input.size`` for the mean.
+    """Unit-scaled squared error ``sum((input - target)^2)``, over ``input.size`` for the mean.
 
-    Forward: ``1/input.size`` for the mean (forward only), 1 for the sum: the value is the standard loss.
+    Forward: ``1/input.size`` for the mean (forward only), 1 for the sum: the standard loss value.
     Backward input: ``8^-1/2`` (``2 (input - target)`` has std ``8^1/2`` for unit inputs).
     Backward target: ``8^-1/2``.
     """
@@ -734,12 +755,10 @@ def mse_loss(input: ArrayLike, target: ArrayLike, *, reduction: str = "mean") ->
         )
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    s = 8**-0.5
-    diff = scale_bwd(_upcast(input), s) - scale_bwd(_upcast(target), s)
-    total = jnp.sum(diff**2)
-    if reduction == "mean":
-        total = scale_fwd(total, 1.0 / max(input.size, 1))
-    return total.astype(jnp.result_type(input, target))
+    total = jnp.sum((_upcast(input) - _upcast(target)) ** 2)
+    fwd = 1.0 / max(input.size, 1) if reduction == "mean" else 1.0
+    # Both inputs share the backward scale, so it acts on the scalar loss's gradient.
+    return scale(total, fwd, 8**-0.5).astype(jnp.result_type(input, target))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def _check_factor(value: object, name: str) -> float:
 
 
 def _multiply(x: jax.Array, factor: float) -> jax.Array:
-    """``factor * x`` in the dtype of ``x``; sub-32-bit floats multiply in float32, then round once."""
+    """``factor * x`` in the dtype of ``x``; narrow floats multiply in float32, then round once."""
     if factor == 1.0:
         return x
     if x.dtype.itemsize < 4:

@@ -81,7 +81,9 @@ def test_matmul_is_unit_scaled(m, k, n, batched, seed):
 def test_matmul_constraint_makes_its_tensor_unit(constraint, seed):
     left, right = _normal(seed, (2**8, 2**10)), _normal(seed + 1, (2**10, 2**12))
     out, grads = _unit_backward(lambda a, b: U.matmul(a, b, constraint), left, right, seed=seed)
-    chosen = {"to_output_scale": out, "to_left_grad_scale": grads[0], "to_right_grad_scale": grads[1]}
+    chosen = dict(
+        to_output_scale=out, to_left_grad_scale=grads[0], to_right_grad_scale=grads[1]
+    )
     assert_unit(chosen[constraint])
     for name, tensor in chosen.items():
         if name != constraint:  # tied to another tensor's scale: far from unit at these shapes
@@ -191,7 +193,8 @@ def test_softmax_is_unit_scaled_in_rms_for_small_mult(n, dim, mult, seed):
     "mult = 1/4): at n = 4096, mult = 1 the output and gradient rms are about 0.72 and 0.71",
 )
 def test_softmax_is_unit_scaled_at_mult_one():
-    out, (dx,) = _unit_backward(lambda t: U.softmax(t, -1, None, None, 1.0), _normal(0, (16, 2**12)))
+    x = _normal(0, (16, 2**12))
+    out, (dx,) = _unit_backward(lambda t: U.softmax(t, -1, None, None, 1.0), x)
     assert_unit(out, dx, stat=_rms)
 
 
@@ -203,11 +206,11 @@ def test_softmax_constraints_make_their_side_unit():
     assert_unit(dx, stat=_rms)
 
 
-@settings(max_examples=6)
+@settings(max_examples=4)
 @given(p=st.floats(0.01, 0.99), seed=seeds)
 def test_dropout_is_unit_scaled(p, seed):
     fn = lambda x: U.dropout(x, p, rng=jax.random.key(seed + 7))  # noqa: E731
-    out, (dx,) = _unit_backward(fn, _normal(seed, (2**20,)), seed=seed + 1)
+    out, (dx,) = _unit_backward(fn, _normal(seed, (2**18,)), seed=seed + 1)
     assert_unit(out, dx)
 
 
@@ -216,7 +219,9 @@ def test_dropout_is_unit_scaled(p, seed):
 
 @settings(max_examples=4)
 @given(
-    shape=st.sampled_from([((2**8, 2**10), (2**10,)), ((16, 16, 2**10), (2**10,)), ((2**8, 32, 32), (32, 32))]),
+    shape=st.sampled_from(
+        [((2**7, 2**10), (2**10,)), ((8, 16, 2**10), (2**10,)), ((2**7, 32, 32), (32, 32))]
+    ),
     affine=st.booleans(),
     seed=seeds,
 )
@@ -309,7 +314,7 @@ def _attention_inputs(seed, batch, seq, heads, d_head):
     return tuple(_normal(seed + i, (batch, seq, heads, d_head)) for i in range(3))
 
 
-@settings(max_examples=10)
+@settings(max_examples=6)
 @given(
     seq=st.sampled_from([64, 128, 256]),
     heads=st.sampled_from([1, 2, 4]),
@@ -322,7 +327,7 @@ def _attention_inputs(seed, batch, seq, heads, d_head):
 def test_attention_output_and_value_gradient_are_unit(
     seq, heads, d_head, mult, is_causal, dropout_p, seed
 ):
-    batch = max(2**17 // (seq * heads * d_head), 1)
+    batch = max(2**16 // (seq * heads * d_head), 1)
     q, k, v = _attention_inputs(seed, batch, seq, heads, d_head)
 
     def attend(q, k, v):
@@ -364,7 +369,8 @@ def test_attention_query_key_gradients_scale_as_mult_over_sqrt_d_head(seq, d_hea
 def test_cross_entropy_logit_gradient_is_unit(reduction, shape):
     logits = _normal(0, shape)
     labels = jnp.asarray(np.random.default_rng(1).integers(0, shape[-1], shape[:-1]))
-    _, (d_logits,) = _unit_backward(lambda x: U.cross_entropy(x, labels, reduction=reduction), logits)
+    loss = lambda x: U.cross_entropy(x, labels, reduction=reduction)  # noqa: E731
+    _, (d_logits,) = _unit_backward(loss, logits)
     assert_unit(d_logits)
 
 
