@@ -395,9 +395,10 @@ def test_stack_with_remat_matches_without():
     def loss(stack, x):
         return jnp.sum(stack(x) ** 2)
 
-    g_plain = nnx.grad(loss)(plain, x)
-    g_remat = nnx.grad(loss)(remat, x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g_plain, g_remat)
+    g_plain = nnx.jit(nnx.grad(loss))(plain, x)
+    g_remat = nnx.jit(nnx.grad(loss))(remat, x)
+    # Recomputation changes XLA's fusion, hence float32 rounding, not the result.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_plain, g_remat)
     graphdef, params, rest = nnx.split(remat, nnx.Param, ...)
     jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(nnx.merge(graphdef, p, rest), x)))(params)
     assert "checkpoint" in str(jaxpr) or "remat" in str(jaxpr)

@@ -72,6 +72,7 @@ def _apply_layer(layer: TransformerLayer, x: jax.Array, mask: jax.Array | None) 
     return layer(x, mask)
 
 
+
 class TransformerStack(nnx.Module):
     """Layers applied in order; ``remat=True`` recomputes each layer's activations in the backward
     pass (``nnx.remat``) instead of storing them."""
