@@ -560,7 +560,8 @@ def embedding(input: ArrayLike, weight: ArrayLike, padding_idx: int | None = Non
 
     Forward: 1 (a row of a unit-variance table is unit-variance).
     Backward weight: ``(vocab / input.size)^1/2``.
-    Rows at ``padding_idx`` receive no gradient. Out-of-range ids give NaN rows (``jnp.take`` fill).
+    Rows at ``padding_idx`` receive no gradient. Ids outside ``[-vocab, vocab)`` give NaN rows
+    (``jnp.take`` fill mode; negative ids count from the end, as in NumPy).
     """
     ids, weight = _int_array(input, "input"), _float_array(weight, "weight")
     if weight.ndim != 2:
@@ -654,6 +655,8 @@ def scaled_dot_product_attention(
     ``s = (1-dropout_p)^1/2 / (f^(1-a))``, ``f = (1/S)^1/2`` or, causal, ``(log(S)/S)^1/2``.
     Forward: ``s``.
     Backward query, key, value: ``s`` each.
+    The muP logit scale makes query/key gradients small by design: for near-uniform attention
+    their std is about ``mult * d_head^-1/2``; output and value gradient are about unit.
     """
     q, k, v = (_float_array(t, n) for t, n in ((query, "query"), (key, "key"), (value, "value")))
     _check_attention_shapes(q, k, v)
@@ -715,6 +718,9 @@ def cross_entropy(
     Forward logits: ``mult`` (applied before the softmax; forward only).
     Forward loss: ``1/count`` for the mean (forward only), 1 for the sum.
     Backward logits: ``V / (V-1)^1/2`` (the std of ``softmax - onehot`` is about ``(V-1)^1/2 / V``).
+    Targets equal to ``ignore_index`` get zero gradient; a mean over no valid target is NaN (as in
+    PyTorch). unit-scaling 0.3.5 divides the mean by all targets, ignored ones included; dividing
+    by the valid count keeps the value equal to the standard loss.
     """
     logits = _float_array(input, "input")
     target = _int_array(target, "target")

@@ -260,7 +260,7 @@ def test_add_is_unit_scaled_with_broadcasting(left_shape, right_shape):
 def test_add_of_a_single_element_keeps_unit_scale():
     a, b = jnp.array(5.0), _normal(1, (2**8, 2**10))
     out, (da, db) = _unit_backward(lambda x, y: U.add(x, y, constraint=None), a, b)
-    assert_unit(out, db, tol=0.1, stat=lambda t: _std(t))  # out = b + 5 shifts, not widens
+    assert_unit(out, db)  # out = b + 5: a shift, not a wider spread
     assert 1e-4 < abs(float(da)) < 5  # one draw of a folded unit normal
     out, (db,) = _unit_backward(lambda y: U.add(2.0, y), b)
     assert_unit(out, db)

@@ -380,6 +380,13 @@ def test_embedding_rows_and_table_gradient_scale(vocab, ids_shape, padding, seed
     np.testing.assert_allclose(d_table, (vocab / ids.size) ** 0.5 * expect, rtol=1e-5, atol=1e-6)
 
 
+def test_embedding_ids_out_of_range_give_nan_rows():
+    table = jnp.asarray(_np_normal(0, (4, 3)))
+    out = np.asarray(jax.jit(U.embedding)(jnp.array([0, 4, -1, -5]), table))
+    np.testing.assert_array_equal(out[[0, 2]], np.asarray(table)[[0, -1]])
+    assert np.isnan(out[[1, 3]]).all()
+
+
 def _attention_scale(kv_seq, d_head, mult, dropout_p, causal):
     flat = (math.log(kv_seq) if causal else 1.0) / kv_seq
     a = _sigmoid_log(mult**2 / (4 * d_head))
