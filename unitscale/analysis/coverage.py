@@ -132,9 +132,12 @@ def _boundaries(thresholds: RangeThresholds) -> np.ndarray:
 
 
 def coverages_of(x: np.ndarray, formats: Sequence[FPFormat]) -> tuple[Coverage, ...]:
-    """:class:`Coverage` of a flat float32 array in each of ``formats``, in one pass over it."""
+    """:class:`Coverage` of a flat float32 array in each of ``formats``, in one pass over it
+    (NaN fractions for an empty array)."""
     if not formats:
         return ()
+    if x.size == 0:
+        return tuple(Coverage(f.name, *([float("nan")] * len(COVERAGE_CLASSES))) for f in formats)
     bounds = [_boundaries(range_thresholds(_check_format(f))) for f in formats]
     edges = np.unique(np.concatenate(bounds))
     # Values per interval [edges[j], edges[j+1]) of all formats' boundaries at once.
@@ -144,7 +147,7 @@ def coverages_of(x: np.ndarray, formats: Sequence[FPFormat]) -> tuple[Coverage, 
     for fmt, b in zip(formats, bounds):
         ge = at_least[np.searchsorted(edges, b)]
         counts = ge - np.append(ge[1:], 0)
-        out.append(Coverage(fmt.name, *(float(c) / max(x.size, 1) for c in counts)))
+        out.append(Coverage(fmt.name, *(float(c) / x.size for c in counts)))
     return tuple(out)
 
 
