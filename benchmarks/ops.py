@@ -85,16 +85,24 @@ def unit_stack(params, x, shape: Shape):
 
 
 def _plain_layer_norm(x, w, b, eps=1e-5):
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * w + b
+    centred = x - x.mean(-1, keepdims=True)
+    return centred * jax.lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + eps) * w + b
+
+
+def _plain_causal_attention(q, k, v):
+    # einsum + softmax: on XLA:CPU this ran ~4% faster per step than jax.nn.dot_product_attention,
+    # so it makes the stricter baseline.
+    logits = jnp.einsum("...tnh,...snh->...nts", q, k) / q.shape[-1] ** 0.5
+    causal = jnp.tril(jnp.ones(logits.shape[-2:], bool))
+    probs = jax.nn.softmax(jnp.where(causal, logits, jnp.finfo(logits.dtype).min), axis=-1)
+    return jnp.einsum("...nts,...snh->...tnh", probs, v)
 
 
 def plain_stack(params, x, shape: Shape):
     for p in params:
         h = _plain_layer_norm(x, p["ln1_w"], p["ln1_b"])
         q, k, v = (_heads(t, shape.heads) for t in jnp.split(h @ p["w_qkv"], 3, -1))
-        x = x + _merge(jax.nn.dot_product_attention(q, k, v, is_causal=True)) @ p["w_o"]
+        x = x + _merge(_plain_causal_attention(q, k, v)) @ p["w_o"]
         h = _plain_layer_norm(x, p["ln2_w"], p["ln2_b"])
         h = jax.nn.gelu(h @ p["w_up"] + p["b_up"], approximate=False)
         x = x + h @ p["w_down"] + p["b_down"]
