@@ -26,6 +26,7 @@ def test_fp16_thresholds_follow_from_its_grid():
     assert t.nonzero == _bits(2.0**-25) + 1
     assert _f32(t.normal) == 2.0**-14 - 2.0**-25  # halfway from the largest subnormal: ties up
     assert _f32(t.overflow) == 65520.0
+    assert t.as_floats() == (_f32(t.nonzero), 2.0**-14 - 2.0**-25, 65520.0)
 
 
 def test_e4m3_overflows_strictly_above_464_because_448_has_an_even_code():

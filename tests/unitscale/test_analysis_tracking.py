@@ -181,3 +181,11 @@ def test_bfloat16_tensors_are_recorded_in_their_dtype():
     record = _one(rep, "backward", "tanh")
     assert record.dtype == "bfloat16"
     assert np.isfinite(record.stats.rms)
+
+
+def test_values_computed_from_weights_alone_are_weights():
+    rep = track_scales(lambda w, x: jnp.sum(x @ (2.0 * w)), W, X, weight_argnums=(0,))
+    kinds = {r.op: r.kind for r in rep.select(phase="forward")}
+    assert kinds == {"weight": "weight", "mul": "weight", "input": "activation", "dot_general": "activation",
+                     "reduce_sum": "activation"}
+    assert [r.label for r in rep.select(phase="forward", kind="weight")] == ["w", "mul"]

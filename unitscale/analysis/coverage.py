@@ -139,14 +139,13 @@ def coverages_of(x: np.ndarray, formats: Sequence[FPFormat]) -> tuple[Coverage, 
     if x.size == 0:
         return tuple(Coverage(f.name, *([float("nan")] * len(COVERAGE_CLASSES))) for f in formats)
     bounds = [_boundaries(range_thresholds(_check_format(f))) for f in formats]
-    edges = np.unique(np.concatenate(bounds))
-    # Values per interval [edges[j], edges[j+1]) of all formats' boundaries at once.
-    per_interval = np.bincount(np.searchsorted(edges, abs_bits(x), side="right") - 1, minlength=len(edges))
-    at_least = np.concatenate([np.cumsum(per_interval[::-1])[::-1], [0]])  # values >= edges[j]
+    bits = abs_bits(x)
+    # How many values lie at or above each distinct boundary of all the formats.
+    at_least = {int(b): np.count_nonzero(bits >= b) for b in np.unique(np.concatenate(bounds))}
     out = []
     for fmt, b in zip(formats, bounds):
-        ge = at_least[np.searchsorted(edges, b)]
-        counts = ge - np.append(ge[1:], 0)
+        ge = np.array([at_least[int(v)] for v in b])
+        counts = ge - np.append(ge[1:], 0)  # class i: at least b[i] but not b[i+1]
         out.append(Coverage(fmt.name, *(float(c) / x.size for c in counts)))
     return tuple(out)
 

@@ -7,10 +7,12 @@ so its backward scale survives re-evaluation), ``jit``-wrapped functions of JAX'
 (``log_softmax``, ``where``, ...), loops and conditionals. Each op carries its ``jax.named_scope``
 path, which is how module names reach the records.
 
-A tensor is *tracked* when it is a floating-point output of a live op that depends on a float
-input and is not a view of another tracked tensor (reshape, transpose, broadcast, copy, widening
-cast, stop_gradient, identity custom calls: they repeat their input's values). A tracked tensor
-*has a gradient* when a differentiable path leads from it to the function's output.
+What is tracked: the floating-point outputs of live ops that depend on a float input. Views
+(reshape, transpose, broadcast, copy, widening cast, stop_gradient) repeat their input's values
+and gradient and are skipped; custom calls that are the identity in the forward pass (unit
+scaling's ``scale_bwd``) keep only their gradient. A tracked tensor *has a gradient* when a
+differentiable path leads from it to the function's output. Ops inside loops and conditionals
+are not visible: the loop or conditional is one op, and its outputs are tracked.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Any
 import jax
 import jax.extend.core as jcore
 import jax.numpy as jnp
-import numpy as np
 
 __all__ = ["Const", "Op", "Program", "flatten", "evaluate"]
 
@@ -232,8 +233,3 @@ def evaluate(
         for value_id, value in zip(op.outputs, outs, strict=True):
             env[value_id] = on_value(value_id, value) if on_value is not None else value
     return [read(v) for v in program.outputs]
-
-
-def as_shape_dtype(aval: Any) -> jax.ShapeDtypeStruct:
-    """The ``ShapeDtypeStruct`` of an abstract value."""
-    return jax.ShapeDtypeStruct(tuple(aval.shape), np.dtype(aval.dtype))

@@ -38,8 +38,9 @@ class ScaleRecord:
     """The scale of one tensor in one pass.
 
     ``phase="forward"``: the tensor's values; ``"backward"``: its gradient dL/d(tensor). ``kind``
-    is ``"weight"`` for leaves of the weight arguments, ``"activation"`` for everything else (op
-    outputs and other float inputs). ``index`` orders tensors in program order; a tensor's forward
+    is ``"weight"`` for leaves of the weight arguments and values computed from weights alone (a
+    scaled or cast weight), ``"activation"`` for everything else (values that depend on the data,
+    and other float inputs). ``index`` orders tensors in program order; a tensor's forward
     and backward records share it. ``path`` is the ``jax.named_scope`` path of the op (for
     arguments, their pytree path), ``op`` the primitive or library function (``"dot_general"``,
     ``"log_softmax"``, ``"scaled"``; ``"weight"``/``"input"`` for arguments).

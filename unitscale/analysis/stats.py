@@ -106,14 +106,15 @@ def stats_of(x: np.ndarray) -> TensorStats:
 def histogram_of(x: np.ndarray) -> tuple[tuple[int, int], ...]:
     """Non-empty binades of a flat float32 array as ``((e, count), ...)``."""
     bits = abs_bits(x)
-    counted = x[(bits != 0) & (bits < _INF_BITS)]
-    if counted.size == 0:
-        return ()
-    _, exponent = np.frexp(counted)  # |x| = m 2^exponent with m in [0.5, 1)
-    binade = exponent.astype(np.int64) - 1
-    low = int(binade.min())
-    counts = np.bincount(binade - low)
-    return tuple((int(i) + low, int(c)) for i, c in enumerate(counts) if c)
+    field = bits >> np.uint32(23)  # biased exponent: e + 127 for normals; 0 zero/subnormal; 255 inf/NaN
+    counts = np.bincount(field, minlength=256).astype(np.int64)
+    pairs = {int(f) - 127: int(counts[f]) for f in np.flatnonzero(counts[1:255]) + 1}
+    subnormal = x[(field == 0) & (bits != 0)]
+    if subnormal.size:
+        _, exponent = np.frexp(subnormal)  # |x| = m 2^exponent, m in [0.5, 1)
+        for e, n in zip(*np.unique(exponent.astype(np.int64) - 1, return_counts=True)):
+            pairs[int(e)] = int(n)
+    return tuple(sorted(pairs.items()))
 
 
 def tensor_stats(x: ArrayLike) -> TensorStats:

@@ -10,7 +10,8 @@ binade histograms and range coverage are then reduced on the host in float32
 (:mod:`unitscale.analysis.stats`, :mod:`unitscale.analysis.coverage`).
 
 Memory: the computation holds every tracked activation and gradient at once (no rematerialisation),
-like a training step that stores all intermediates.
+like a training step that stores all intermediates. Weights must be arguments: arrays ``fn``
+captures are constants of its jaxpr and are not tracked.
 """
 
 from __future__ import annotations
@@ -61,12 +62,13 @@ def _key_name(key: Any) -> str:
 def _leaf_names(fn: Callable, args: tuple) -> list[str]:
     """``<argument name>/<pytree path>`` per leaf (nnx Variables' trailing ``value`` dropped)."""
     try:
-        params = list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        params = [p.name for p in inspect.signature(fn).parameters.values() if p.kind in positional]
+    except (TypeError, ValueError):  # builtins and some C functions have no signature
         params = []
     names = []
     for i, arg in enumerate(args):
-        arg_name = params[i] if i < len(params) and not params[i].startswith("*") else f"arg{i}"
+        arg_name = params[i] if i < len(params) else f"arg{i}"
         for path, _ in jax.tree_util.tree_flatten_with_path(arg)[0]:
             keys = [_key_name(k) for k in path]
             if keys and keys[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
