@@ -121,11 +121,33 @@ def _draw_report(ax, report: ScaleReport, stat: str, formats, label_width: int, 
     for tick, index in zip(ax.get_yticklabels(), rows):
         if first[index].kind == "weight":
             tick.set_color(_STYLE[("forward", "weight")][1])
+    _shade_blocks(ax, [first[i] for i in rows])
     ax.set_ylim(len(rows) - 0.5, -0.5)  # program order runs down the page
     ax.set_xlim(*xlim)
     ax.set_xlabel(f"log2({stat}); arrow heads: beyond the axis")
     ax.grid(axis="x", color="0.9", linewidth=0.6, zorder=0)
     _format_lines(ax, formats)
+
+
+def _blocks(records: list[ScaleRecord]) -> list[str]:
+    """The top-level scope of each row (``layers.3``, ``loss``, ...); an argument row (a weight,
+    placed just before its first use) belongs to the block of the row after it."""
+    blocks, following = [], ""
+    for record in reversed(records):
+        if record.op not in ("weight", "input"):
+            following = record.path.split("/", 1)[0]
+        blocks.append(following)
+    return blocks[::-1]
+
+
+def _shade_blocks(ax, records: list[ScaleRecord]) -> None:
+    """Grey bands on every other top-level block, so a tall figure stays navigable."""
+    blocks, start, shade = _blocks(records), 0, False
+    for row in range(1, len(blocks) + 1):
+        if row == len(blocks) or blocks[row] != blocks[start]:
+            if shade:
+                ax.axhspan(start - 0.5, row - 0.5, color="0.94", zorder=0, linewidth=0)
+            start, shade = row, not shade
 
 
 def _x_limits(reports: Sequence[ScaleReport], stat: str, formats) -> tuple[float, float]:
@@ -150,7 +172,8 @@ def plot_scales(
 ) -> Any:
     """The per-op scale figure of one report, or of several side by side (``{"title": report}``).
 
-    Rows are tensors in program order (``ScaleRecord.index``; weight rows labelled in green); x
+    Rows are tensors in program order (``ScaleRecord.index``; weight rows labelled in green;
+    every other top-level scope, e.g. ``layers.1``, on a grey band); x
     is ``log2(stat)`` with ``stat`` one of ``STAT_NAMES``. The axis spans the formats' lines and
     the values, but no more than 12 binades beyond the lines; values further out are drawn as
     arrow heads at its edges. Zero or
