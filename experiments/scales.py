@@ -65,8 +65,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, help=_help("tokens per sequence", "seq_len"))
     p.add_argument("--data", help=_help("corpus: shakespeare, gcide, a WikiText directory, a text file, "
                                         f"or '{RANDOM_DATA}' (uniform random bytes)", "data"))
-    p.add_argument("--cache-dir", default=None, help="corpus cache (default: $UNITSCALE_CACHE_DIR or ~/.cache/unitscale)")
-    p.add_argument("--precision", choices=sorted(PRECISIONS), help=_help("activation dtype of both models", "precision"))
+    p.add_argument("--cache-dir", default=None,
+                   help="corpus cache (default: $UNITSCALE_CACHE_DIR or ~/.cache/unitscale)")
+    p.add_argument("--precision", choices=sorted(PRECISIONS),
+                   help=_help("activation dtype of both models", "precision"))
     p.add_argument("--seed", type=int, help=_help("seed of the initialisation and the batch", "seed"))
     p.add_argument("--formats", help=_help("comma-separated formats to draw and measure coverage in", "formats"))
     p.add_argument("--stat", choices=STAT_NAMES, help=_help("statistic on the x axis of scales.png", "stat"))
@@ -176,7 +178,8 @@ def write_outputs(args: argparse.Namespace, reports: Mapping[str, ScaleReport], 
         report.to_csv(out / f"{stem}.csv")
         report.to_json(out / f"{stem}.json")
         written += [out / f"{stem}.csv", out / f"{stem}.json"]
-    what = f"{args.model.upper()} {args.preset} at initialisation, {args.precision}, batch {args.batch_size}x{args.seq_len}"
+    what = (f"{args.model.upper()} {args.preset} at initialisation, {args.precision}, "
+            f"batch {args.batch_size}x{args.seq_len}")
     plot_scales(reports, stat=args.stat, formats=args.formats, path=out / "scales.png", title=what)
     chosen = {name: find_record(rep, args.tensor, args.phase) for name, rep in reports.items()}
     plot_histogram(chosen, formats=args.formats, path=out / "histogram.png", title=what)

@@ -2,7 +2,6 @@
 in both passes, every weight, readable module paths, and the paper's claim at initialisation."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -43,7 +42,8 @@ def test_every_matmul_in_both_passes(tracked):
     expected = ["readout"]
     for i in range(DEPTH):
         attn = f"layers.{i}/mixer/attention"
-        expected += [f"{attn}/attn_qkv", f"{attn}/attn_out", f"layers.{i}/mlp/mlp/ffn_up", f"layers.{i}/mlp/mlp/ffn_down"]
+        mlp = f"layers.{i}/mlp/mlp"
+        expected += [f"{attn}/attn_qkv", f"{attn}/attn_out", f"{mlp}/ffn_up", f"{mlp}/ffn_down"]
     for phase in ("forward", "backward"):
         paths = _paths(report, phase, "dot_general")
         assert sorted(p for p in paths if "->" not in p) == sorted(expected)

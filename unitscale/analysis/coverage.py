@@ -132,8 +132,8 @@ def _boundaries(thresholds: RangeThresholds) -> np.ndarray:
 
 
 def coverages_of(x: np.ndarray, formats: Sequence[FPFormat]) -> tuple[Coverage, ...]:
-    """:class:`Coverage` of a flat float32 array in each of ``formats``, in one pass over it
-    (NaN fractions for an empty array)."""
+    """:class:`Coverage` of a flat float32 array in each of ``formats``: one counting pass per
+    distinct class boundary of all the formats (NaN fractions for an empty array)."""
     if not formats:
         return ()
     if x.size == 0:

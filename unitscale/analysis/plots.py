@@ -44,16 +44,14 @@ _CHAR_INCHES = 0.058  # a 7-point monospace character
 _MARGIN = 12  # binades shown beyond the outermost format line
 
 
-def _pyplot():
+def _figure(figsize: tuple[float, float]):
+    """A matplotlib ``Figure`` outside pyplot: no global figure registry, no backend switch, and
+    Jupyter still shows a returned figure."""
     try:
-        import matplotlib
-
-        if not os.environ.get("MPLBACKEND"):
-            matplotlib.use("Agg")  # files only; no display is needed or assumed
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("plotting needs matplotlib: pip install 'unitscale[plots]'") from None
-    return plt
+    return Figure(figsize=figsize)
 
 
 def _check_formats(formats: Sequence[FPFormat]) -> tuple[FPFormat, ...]:
@@ -188,14 +186,13 @@ def plot_scales(
     if any(len(r) == 0 for r in panels.values()):
         raise ValueError("reports: every report must hold at least one record")
     formats = _check_formats(formats)
-    plt = _pyplot()
     n_rows = max(len(_rows(r)) for r in panels.values())
     # Laid out in inches: the labels' column, the plot, a gap; the legend and title on top.
     label_in = _CHAR_INCHES * max(len(_short(r.label, label_width)) for rep in panels.values() for r in rep) + 0.2
     top_in, bottom_in = 0.5 + 0.16 * max(len(_STYLE), len(_LINES)), 0.55
     width = len(panels) * (label_in + _PLOT_INCHES + 0.3)
     height = top_in + 0.35 + _ROW_INCHES * n_rows + bottom_in
-    fig = plt.figure(figsize=(width, height))
+    fig = _figure((width, height))
     xlim = _x_limits(list(panels.values()), stat, formats)
     axes = []
     for i, (name, report) in enumerate(panels.items()):
@@ -236,9 +233,10 @@ def _missing(fmt: FPFormat) -> None:
 
 
 def _coverage_text(coverage: tuple[Coverage, ...]) -> str:
-    lines = ["          underflow subnormal normal overflow"]
+    widths = (("underflow", 9), ("subnormal", 9), ("normal", 7), ("overflow", 8))
+    lines = [" " * 8 + "".join(f"{name:>{w + 1}}" for name, w in widths)]
     for c in coverage:
-        lines.append(f"{c.format:>9} {c.underflow:8.1%} {c.subnormal:8.1%} {c.normal:6.1%} {c.overflow:7.1%}")
+        lines.append(f"{c.format:>8}" + "".join(f"{c.get(name):>{w + 1}.1%}" for name, w in widths))
     return "\n".join(lines)
 
 
@@ -257,8 +255,8 @@ def plot_histogram(
     if not panels:
         raise ValueError("source: the mapping is empty")
     formats = _check_formats(formats)
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False, sharey=True)
+    fig = _figure((6.5 * len(panels), 4.8))
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)
     histograms = {name: _histogram_of(s, formats) for name, s in panels.items()}
     bins = [e for h, _, _, _ in histograms.values() for e, _ in h]
     marks = [math.log2(getattr(f, a)) for f in formats for a, _, _ in _LINES]
