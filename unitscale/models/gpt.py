@@ -33,7 +33,8 @@ class GPTConfig(TransformerConfig):
 
     Presets (``GPTConfig.preset(name, **overrides)``): ``gpt2-small`` / ``gpt2-medium`` /
     ``gpt2-large`` (Radford et al., 2019: d_model 768/1024/1280, depth 12/24/36, heads 12/16/20,
-    vocab 50257, context 1024; input and output embeddings untied here), ``char`` (the unit scaling
+    vocab 50257, context 1024; here input and output embeddings are untied and GELU is the exact erf
+    form, where GPT-2 ties them and uses the tanh approximation), ``char`` (the unit scaling
     paper's character-level LM: hidden 128, depth 8, seq 256, FFN x4; heads 2 is our choice; set
     vocab_size to the corpus vocabulary) and ``tiny`` (for tests).
     """
