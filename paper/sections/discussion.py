@@ -1,0 +1,94 @@
+"""Discussion: what reproduced and what did not, every sentence computed from the other sections'
+numbers (their ``facts``), so the text cannot contradict the tables."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from paper.markdown import bullets
+from paper.section import Context, Section
+from paper.stats import CONSISTENT, REPRODUCED
+
+KEY, TITLE = "discussion", "Discussion: what reproduced and what did not"
+HELD = (REPRODUCED, CONSISTENT)
+
+
+def findings_paragraph(name: str, findings: Sequence[Mapping]) -> str:
+    if not findings:
+        return f"{name}: no finding of the paper could be judged (no pair of comparable columns)."
+    counts = Counter(f["outcome"] for f in findings)
+    tally = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+    held = [f for f in findings if f["outcome"] in HELD]
+    failed = [f for f in findings if f["outcome"] not in HELD]
+    parts = [f"{name}: of {len(findings)} judged comparisons, {tally}."]
+    if held:
+        parts.append("Held: " + "; ".join(f"{f['text']}" for f in held) + ".")
+    if failed:
+        parts.append("Did not hold or could not be decided: "
+                     + "; ".join(f"{f['text']} [{f['outcome']}]" for f in failed) + ".")
+    return " ".join(parts)
+
+
+def scales_paragraph(facts: Mapping) -> str:
+    std, unit = (facts["models"][m] for m in ("standard", "unit-scaled"))
+    a, b = std["spread"]["all"], unit["spread"]["all"]
+    relation = "closer to" if b < a else "further from" if b > a else "as far from"
+    parts = [f"At initialisation, the unit-scaled GPT's tensors sit {relation} unit scale than the "
+             f"standard GPT's: the median |log2 std| over tensors is {b:.2f} against {a:.2f} "
+             f"(forward {unit['spread']['forward']:.2f} vs {std['spread']['forward']:.2f}, backward "
+             f"{unit['spread']['backward']:.2f} vs {std['spread']['backward']:.2f})."]
+    for fmt in facts["formats"]:
+        s, u = (m["coverage"][fmt]["underflow"]["tensors_over_1pct"] for m in (std, unit))
+        so, uo = (m["coverage"][fmt]["overflow"]["tensors_over_1pct"] for m in (std, unit))
+        word = "fewer" if u < s else "more" if u > s else "as many"
+        parts.append(f"In {fmt}, {u} unit-scaled tensors lose more than 1% of their values to "
+                     f"underflow against {s} standard ones ({word}), and {uo} against {so} to overflow.")
+    return " ".join(parts)
+
+
+def ipu_paragraph(facts: Mapping) -> str:
+    parts = []
+    for system in facts["systems"]:
+        rows = [c for c in facts["comparisons"] if c["system"] == system]
+        ratios = [c["throughput_ratio"] for c in rows]
+        memory = [c["peak_tile_ratio"] - 1 for c in rows]
+        unit = "with an FP8 AMP" if rows[0]["fp8_unit"] else "without an FP8 unit"
+        span = (f"{min(ratios):.2f}x" if len(rows) == 1 or min(ratios) == max(ratios)
+                else f"{min(ratios):.2f}x to {max(ratios):.2f}x")
+        mem = (f"{min(memory):+.1%}" if len(rows) == 1 else f"{min(memory):+.1%} to {max(memory):+.1%}")
+        nofit = [c["model"] for c in rows if not (c["fp16_fits"] and c["fp8_fits"])]
+        parts.append(f"On {system} ({unit}), FP8 matmuls change estimated training throughput by "
+                     f"{span} over FP16 and the fullest tile's peak memory by {mem} across "
+                     f"{len(rows)} model(s)" + (f"; not fitting in at least one precision: "
+                                                f"{', '.join(nofit)}" if nofit else "") + ".")
+    return (" ".join(parts) + " These are estimates of the project's performance model with fused "
+            "casts and no scaling bookkeeping -- what unit scaling's static scales permit -- not "
+            "measurements.")
+
+
+def umup_paragraph(facts: Mapping) -> str:
+    return " ".join(f"{c['text']}." for c in facts["claims"])
+
+
+PARAGRAPHS = {
+    "charlm": lambda f: findings_paragraph("Character-level LMs", f["findings"]),
+    "bert": lambda f: findings_paragraph("BERT", f["findings"]),
+    "scales": scales_paragraph,
+    "ipu": ipu_paragraph,
+    "umup": umup_paragraph,
+}
+
+
+def build(ctx: Context, sections: Sequence[Section]) -> Section:
+    items = []
+    for s in sections:
+        if s.missing is not None:
+            items.append(f"{s.title}: **results missing**, nothing is concluded ({s.missing}).")
+        elif s.key in PARAGRAPHS:
+            items.append(f"**{s.title}.** " + PARAGRAPHS[s.key](s.facts))
+    intro = ("Each statement below is generated from the numbers of the sections above; a finding of "
+             "the paper counts as reproduced only when its confidence interval says so.")
+    if ctx.quick:
+        intro = "**[QUICK BUILD -- not results.]** " + intro
+    return Section(KEY, TITLE, intro + "\n\n" + bullets(items))

@@ -1,0 +1,297 @@
+"""paper.build end to end on fixture result directories: a complete one gives every section with the
+fixture's numbers; a missing or malformed result file stops the build loudly (exit 1, the file and
+the problem named, no paper written) unless --allow-missing names its section; quick builds are
+marked; the discussion's words follow the confidence intervals."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `paper` is run from the repo root, not installed
+    sys.path.insert(0, str(REPO))
+
+from paper import build as paper_build  # noqa: E402
+from paper import stats  # noqa: E402
+from paper.files import ResultError, get  # noqa: E402
+from paper.sections import EXPERIMENTS  # noqa: E402
+
+PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f"
+       b"\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00\x00"
+       b"\x00IEND\xaeB`\x82")
+# Test-set BPC per (precision, parametrisation, loss scale) and seed: FP16 standard clearly worse,
+# unit-scaled FP16 within 0.002 of FP32.
+CHARLM_BPC = {("fp32", "standard", "none"): [1.600, 1.602, 1.604],
+              ("fp32", "unit-scaled", "none"): [1.590, 1.591, 1.592],
+              ("fp16", "standard", "none"): [1.900, 1.910, 1.920],
+              ("fp16", "unit-scaled", "none"): [1.601, 1.602, 1.603]}
+BERT_LOSS = {("fp32", "standard", "none"): [2.50, 2.52], ("fp8", "unit-scaled", "none"): [2.51, 2.53]}
+
+
+def _curve(end):
+    return [[0, 4.0], [50, 2.5], [100, end]]
+
+
+def _charlm(root: Path):
+    runs = [dict(mixer="attention", norm="pre", precision=p, parametrisation=u, loss_scale=ls, seed=s,
+                 test_bpc=v, diverged=False, curve=_curve(v))
+            for (p, u, ls), values in CHARLM_BPC.items() for s, v in enumerate(values)]
+    runs.append(dict(mixer="conv", norm="post", precision="fp16", parametrisation="standard",
+                     loss_scale="none", seed=0, test_bpc=math.nan, diverged=True, curve=[[0, 4.0]]))
+    _json(root / "charlm" / "summary.json",
+          {"command": "python -m experiments.charlm", "settings": {"steps": 100, "d_model": 32}, "runs": runs})
+
+
+def _bert(root: Path):
+    runs = [dict(size="tiny", precision=p, parametrisation=u, loss_scale=ls, seed=s, val_loss=v,
+                 val_accuracy=0.4, diverged=False, curve=_curve(v))
+            for (p, u, ls), values in BERT_LOSS.items() for s, v in enumerate(values)]
+    _json(root / "bert" / "summary.json",
+          {"command": "python -m experiments.bert", "settings": {"steps": 50}, "runs": runs})
+
+
+def _umup(root: Path):
+    def optimum(width, lr):
+        return dict(width=width, best_log2_lr=lr, best_val_loss=2.0, refined_log2_lr=lr + 0.25,
+                    bracketed=True, runs=3, diverged=0)
+
+    groups = {"sp/fp32": {"optima": [optimum(64, -8), optimum(256, -11)],
+                          "transfer": dict(widths=[64, 256], spread_binades=3.0, slope_per_doubling=-1.5,
+                                           transfer_regret=0.4)},
+              "umup/fp32": {"optima": [optimum(64, -2), optimum(256, -2)],
+                            "transfer": dict(widths=[64, 256], spread_binades=0.0, slope_per_doubling=0.0,
+                                             transfer_regret=0.0)}}
+    _json(root / "umup" / "summary.json", {"command": "python -m experiments.umup", "groups": groups})
+    lines = ["parametrisation,precision,width,log2_lr,val_loss,train_loss,seconds"]
+    lines += [f"{p},fp32,{w},{lr},2.0,2.0,1.0" for p in ("sp", "umup") for w in (64, 256)
+              for lr in (-12, -10, -8, -6, -4, -2, 0)]
+    (root / "umup" / "runs.csv").write_text("\n".join(lines) + "\n")
+    (root / "umup" / "lr_sweep.png").write_bytes(PNG)
+
+
+def _scales(root: Path):
+    def model(spread, under):
+        cov = {"underflow": {"tensors_over_1pct": under, "worst_share": 0.5, "worst": "x"},
+               "overflow": {"tensors_over_1pct": 1, "worst_share": 0.5, "worst": "y"}}
+        return {"loss": 4.0, "records": 4, "coverage": {f: cov for f in ("FP16", "E4M3FN")},
+                "median_abs_log2_std": {"all": spread, "forward": spread / 2, "backward": spread * 2}}
+
+    options = dict(model="gpt", preset="tiny", precision="fp32", batch_size=2, seq_len=16, seed=0,
+                   stat="rms", formats=["FP16", "E4M3FN"], tensor="ffn_up", phase="backward", quick=False)
+    _json(root / "scales" / "summary.json", {"options": options, "data": "tiny text",
+                                              "models": {"standard": model(7.25, 31),
+                                                         "unit-scaled": model(0.75, 3)}})
+    for stem, scale in (("standard", 1e-5), ("unit_scaled", 1.0)):
+        rows = ["index,phase,kind,label,rms"] + [f"{i},{ph},activation,t{i},{scale * (i + 1)}"
+                                                 for i, ph in enumerate(["forward", "forward", "backward", "backward"])]
+        (root / "scales" / f"{stem}.csv").write_text("\n".join(rows) + "\n")
+    (root / "scales" / "histogram.png").write_bytes(PNG)
+
+
+def _ipu(root: Path):
+    def row(precision, samples):
+        return dict(model="bert-base", system="bow-pod16", chip="bow", precision=precision, fp8_unit=False,
+                    layers_per_ipu=[0, 4, 4, 4], replicas=4, samples_per_s=samples, tokens_per_s=samples * 128,
+                    fits=True, peak_tile_kib=600.0, sram_kib=624.0, config_source="published",
+                    assumed="fixture", micro_batch=32, grad_accum=512, seq=128)
+
+    comparison = dict(model="bert-base", system="bow-pod16", fp8_unit=False, throughput_ratio=1.5,
+                      peak_tile_ratio=1.0, fp16_fits=True, fp8_fits=True, verdict="fixture verdict")
+    _json(root / "ipu" / "ipu_table.json", {"quick": False, "command": "python -m experiments.ipu",
+                                            "rows": [row("fp16", 12345.6), row("fp8", 18518.4)],
+                                            "comparisons": [comparison]})
+    (root / "ipu" / "ipu_table.png").write_bytes(PNG)
+
+
+def _json(path: Path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def make_results(root: Path) -> Path:
+    for write in (_charlm, _bert, _umup, _scales, _ipu):
+        write(root)
+    return root
+
+
+def run(results: Path, out: Path, *extra: str) -> int:
+    return paper_build.main(["--results", str(results), "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def complete(tmp_path_factory):
+    root = tmp_path_factory.mktemp("complete")
+    results = make_results(root / "results")
+    out = root / "paper" / "paper.md"
+    assert run(results, out) == 0
+    return results, out, out.read_text()
+
+
+def test_complete_results_give_every_section_and_no_missing_box(complete):
+    _, out, text = complete
+    for module in EXPERIMENTS:
+        assert f". {module.TITLE}\n" in text
+    for title in ("Introduction", "Method", "Experimental setup", "Discussion"):
+        assert f". {title}" in text
+    assert "MISSING" not in text and "INCOMPLETE" not in text and "QUICK" not in text
+    for name in ("charlm_curves.png", "bert_curves.png", "scale_distribution.png", "scale_histogram.png",
+                 "ipu_table.png", "umup_lr_sweep.png"):
+        assert (out.parent / "figures" / name).is_file() and f"(figures/{name})" in text
+
+
+def test_tables_hold_the_fixture_numbers(complete):
+    _, _, text = complete
+    fp16 = stats.Sample.of(CHARLM_BPC[("fp16", "standard", "none")])
+    assert f"| {fp16.text()} (n=3) |" in text or f"{fp16.text()} (n=3)" in text
+    assert "1.902 ± " not in text and fp16.text().startswith("1.910 ± ")
+    assert "[paper 1.661]" in text and "diverged (1/1)" in text
+    assert "12,345.6" in text and "18,518.4" in text and "1.50" in text  # IPU table
+    assert "7.25 / 3.62 / 14.50" in text and "0.75 / 0.38 / 1.50" in text and "31 / 1" in text  # scales
+    assert f"{2 ** -1.75:.3g} (-1.75) / 2.000" in text  # u-muP optimum at width 64
+    assert "steps 100" in text and "python -m experiments.umup" in text  # setup from the configs
+
+
+def test_discussion_words_follow_the_intervals(complete):
+    _, _, text = complete
+    discussion = text[text.index(". Discussion"):]
+    d = stats.difference(stats.Sample.of(CHARLM_BPC[("fp16", "standard", "none")]),
+                         stats.Sample.of(CHARLM_BPC[("fp32", "standard", "none")]))
+    assert d.low > 0
+    assert f"{d.estimate:.3f} bpc worse (95% CI [{d.low:+.3f}, {d.high:+.3f}])" in discussion
+    assert "sit closer to unit scale" in discussion and "0.75 against 7.25" in discussion
+    assert "u-μP fp32: the optimum moves 0.00 binades" in discussion and "within one grid step" in discussion
+    assert "SP fp32: the optimum moves 3.00 binades" in discussion and "more than one grid step" in discussion
+
+
+@pytest.mark.parametrize("module", EXPERIMENTS, ids=lambda m: m.KEY)
+def test_missing_result_file_fails_naming_the_file(tmp_path, module, capsys):
+    results = make_results(tmp_path / "results")
+    victim = next(p for p in sorted((results / module.KEY).iterdir()) if p.suffix in (".json", ".png"))
+    victim.unlink()
+    out = tmp_path / "paper" / "paper.md"
+    assert run(results, out) == 1
+    err = capsys.readouterr().err
+    assert str(victim) in err and "missing" in err and f"--allow-missing {module.KEY}" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda d: "{\"runs\": [", "malformed JSON"),
+    (lambda d: json.dumps({**d, "runs": "many"}), "'runs' must be a list, got a string"),
+    (lambda d: json.dumps({k: v for k, v in d.items() if k != "command"}), "missing key 'command'"),
+    (lambda d: json.dumps({**d, "runs": [{**d["runs"][0], "test_bpc": "low"}]}), "'test_bpc' must be a number"),
+    (lambda d: json.dumps({**d, "runs": [{**d["runs"][0], "test_bpc": float("nan")}]}), "not marked diverged"),
+], ids=["truncated", "wrong-type", "missing-key", "bad-number", "nan-not-diverged"])
+def test_malformed_result_file_fails_naming_file_and_problem(tmp_path, damage, problem, capsys):
+    results = make_results(tmp_path / "results")
+    path = results / "charlm" / "summary.json"
+    path.write_text(damage(json.loads(path.read_text())))
+    assert run(results, tmp_path / "paper.md") == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and problem in err
+
+
+def test_malformed_csv_fails_naming_line(tmp_path, capsys):
+    results = make_results(tmp_path / "results")
+    path = results / "scales" / "unit_scaled.csv"
+    path.write_text(path.read_text().replace(",1.0\n", ",one\n", 1))
+    assert run(results, tmp_path / "paper.md") == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "line 2" in err and "'one'" in err
+
+
+def test_failed_build_keeps_the_previous_paper(tmp_path):
+    results = make_results(tmp_path / "results")
+    out = tmp_path / "paper" / "paper.md"
+    assert run(results, out) == 0
+    before = out.read_text()
+    (results / "ipu" / "ipu_table.json").write_text("not json")
+    assert run(results, out) == 1
+    assert out.read_text() == before and (out.parent / "figures" / "ipu_table.png").is_file()
+
+
+def test_allow_missing_puts_a_visible_box_in_that_section_only(tmp_path):
+    results = make_results(tmp_path / "results")
+    (results / "bert" / "summary.json").unlink()
+    out = tmp_path / "paper.md"
+    assert run(results, out, "--allow-missing", "bert") == 0
+    text = out.read_text()
+    bert_section = text[text.index(". BERT pre-training"):text.index(". Scale analysis")]
+    assert "MISSING RESULTS" in bert_section and "bert/summary.json" in bert_section
+    assert text.count("MISSING RESULTS") == 1 and "INCOMPLETE: results missing for bert" in text
+    assert "BERT pre-training: **results missing**" in text
+
+
+def test_allow_missing_rejects_unknown_section(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path, tmp_path / "paper.md", "--allow-missing", "nonsense")
+    assert stop.value.code == 2 and "--allow-missing" in capsys.readouterr().err
+
+
+def test_quick_build_is_marked_at_the_top_and_in_every_caption(tmp_path):
+    results = make_results(tmp_path / "results")
+    out = tmp_path / "paper.md"
+    paper_build.build(results, out, quick=True, allow_missing=set(), command="test")
+    text = out.read_text()
+    assert text.splitlines()[2].startswith("> **QUICK BUILD")
+    captions = [ln for ln in text.splitlines() if ln.startswith(("**Table", "**Figure"))]
+    assert len(captions) >= 9 and all("[QUICK BUILD -- not results]" in c for c in captions)
+
+
+def test_quick_results_in_a_full_build_are_flagged(tmp_path):
+    results = make_results(tmp_path / "results")
+    path = results / "ipu" / "ipu_table.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "quick": True}))
+    out = tmp_path / "paper.md"
+    assert run(results, out) == 0
+    text = out.read_text()
+    ipu = text[text.index(". What FP8 buys"):text.index(". u-μP")]
+    assert "QUICK RESULTS" in ipu and text.count("QUICK RESULTS") == 1
+
+
+def test_quick_with_an_absent_script_fails_or_boxes(tmp_path, monkeypatch):
+    monkeypatch.setattr(paper_build, "QUICK_COMMANDS", {"bert": ["experiments.no_such_script", "--quick"]})
+    with pytest.raises(paper_build.BuildError, match="experiments.no_such_script does not exist"):
+        paper_build.run_quick(tmp_path, set(), log=lambda s: None)
+    unavailable = paper_build.run_quick(tmp_path, {"bert"}, log=lambda s: None)
+    assert "does not exist" in unavailable["bert"]
+
+
+def test_get_names_key_and_type():
+    with pytest.raises(ResultError, match=r"f.json: 'a.b' must be an integer, got a bool"):
+        get({"a": {"b": True}}, "a.b", "f.json", int)
+    with pytest.raises(ResultError, match=r"f.json: a must be a JSON object, got a list"):
+        get({"a": [1]}, "a.b", "f.json", int)
+    assert get({"a": 1}, "a", "f.json", float) == 1.0 and isinstance(get({"a": 1}, "a", "f.json", float), float)
+
+
+values = st.lists(st.floats(0.5, 3.0, allow_nan=False), min_size=1, max_size=6)
+
+
+@settings(max_examples=200)
+@given(values, values)
+def test_comparison_wording_never_exceeds_the_interval(a, b):
+    d = stats.difference(stats.Sample.of(a), stats.Sample.of(b))
+    text = stats.compared(d, "bpc", "worse", "better")
+    if len(a) < 2 or len(b) < 2:
+        assert not d.has_interval and "no confidence interval" in text
+    elif d.low <= 0 <= d.high:
+        assert text.startswith("indistinguishable") and stats.judge_higher(d) == stats.NOT_REPRODUCED
+    else:
+        word = "worse" if d.low > 0 else "better"
+        assert f" bpc {word} (95% CI" in text
+        assert stats.judge_higher(d) == (stats.REPRODUCED if d.low > 0 else stats.CONTRADICTED)
+    if d.has_interval and stats.judge_matches(d, 0.01) == stats.REPRODUCED:
+        assert -0.01 <= d.low <= d.high <= 0.01
+
+
+def test_sample_interval_is_student_t():
+    s = stats.Sample.of([1.0, 2.0, 3.0])
+    assert s.mean == 2.0 and s.sd == 1.0
+    assert s.half_width == pytest.approx(4.302652729749462 / math.sqrt(3))
+    assert stats.Sample.of([1.0]).half_width is None and stats.Sample.of([1.0, math.nan]).text() == "diverged (1/2)"
