@@ -1,8 +1,10 @@
 """What a section of the paper is, and what every section builder is given.
 
-A section module in :mod:`paper.sections` has ``KEY`` (its name for ``--allow-missing``), ``TITLE``
-and ``build(ctx) -> Section``; it reads its result files through :mod:`paper.files`, so a missing
-or malformed file raises :class:`paper.files.ResultError` naming the file and the problem.
+An experiment section module in :mod:`paper.sections` has ``KEY`` (its name for
+``--allow-missing``), ``TITLE``, ``load(ctx) -> data`` and ``render(ctx, data) -> Section``
+(``build(ctx)`` does both). ``load`` reads and checks every result file the section needs, through
+:mod:`paper.files`, so a missing or malformed file raises :class:`paper.files.ResultError` naming
+the file and the problem before anything is drawn; ``render`` only formats checked data.
 """
 
 from __future__ import annotations

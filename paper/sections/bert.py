@@ -59,8 +59,8 @@ def findings(samples: dict, sizes: list[str], cols: list) -> list[dict]:
     return out
 
 
-def build(ctx: Context) -> Section:
-    data = load(ctx)
+def render(ctx: Context, data: dict) -> Section:
+    """The section from the checked ``data`` of :func:`load`."""
     runs = data["runs"]
     sizes = sorted({size(r) for r in runs})
     cols = columns(runs)
@@ -89,3 +89,7 @@ def build(ctx: Context) -> Section:
     setup = (f"BERT (`{ctx.rel(data['base'])}`): {settings_text(data['settings'])}; "
              f"`{data['command']}`.",)
     return Section(KEY, TITLE, body, setup, facts)
+
+
+def build(ctx: Context) -> Section:
+    return render(ctx, load(ctx))

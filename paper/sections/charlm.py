@@ -61,8 +61,8 @@ def findings(samples: dict, variants: list[str]) -> list[dict]:
     return out
 
 
-def build(ctx: Context) -> Section:
-    data = load(ctx)
+def render(ctx: Context, data: dict) -> Section:
+    """The section from the checked ``data`` of :func:`load`."""
     runs = data["runs"]
     samples = cells(runs, variant, "test_bpc")
     variants = sorted({variant(r) for r in runs}, key=lambda v: (not v.startswith("attention"), v))
@@ -96,3 +96,7 @@ def build(ctx: Context) -> Section:
     setup = (f"Character-level LMs (`{ctx.rel(data['base'])}`): {settings_text(data['settings'])}; "
              f"`{data['command']}`.",)
     return Section(KEY, TITLE, body, setup, facts)
+
+
+def build(ctx: Context) -> Section:
+    return render(ctx, load(ctx))

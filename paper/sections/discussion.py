@@ -68,7 +68,18 @@ def ipu_paragraph(facts: Mapping) -> str:
 
 
 def umup_paragraph(facts: Mapping) -> str:
-    return " ".join(f"{c['text']}." for c in facts["claims"])
+    claims = {c["group"]: c for c in facts["claims"]}
+    parts = [f"{c['text']}." for c in facts["claims"]]
+    sp, umup = claims.get("sp/fp32"), claims.get("umup/fp32")
+    judged = ("transfers", "moves")
+    if sp and umup and sp["outcome"] in judged and umup["outcome"] in judged:
+        a, b = umup["spread"], sp["spread"]
+        word = "less than" if a < b else "more than" if a > b else "as much as"
+        parts.append(f"So u-μP's optimum moves {word} SP's across these widths ({a:.2f} vs {b:.2f} "
+                     "binades).")
+    elif sp and umup:
+        parts.append("Whether u-μP's optimum moves less than SP's is not decided by this grid.")
+    return " ".join(parts)
 
 
 PARAGRAPHS = {

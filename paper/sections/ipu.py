@@ -40,10 +40,10 @@ def load(ctx: Context) -> dict:
             "command": get(data, "command", path, str), "base": base}
 
 
-def build(ctx: Context) -> Section:
+def render(ctx: Context, data: dict) -> Section:
+    """The section from the checked ``data`` of :func:`load`."""
     from experiments.ipu import markdown_table
 
-    data = load(ctx)
     rows, comparisons = data["rows"], data["comparisons"]
     link = ctx.copy_figure(data["base"] / "ipu_table.png", "ipu_table.png")
     systems = list(dict.fromkeys(r["system"] for r in rows))
@@ -72,3 +72,7 @@ def build(ctx: Context) -> Section:
     setup = (f"IPU table (`{ctx.rel(data['base'])}`): {len(comparisons)} model/system pairs on "
              f"{', '.join(systems)}; `{data['command']}`.",)
     return Section(KEY, TITLE, body, setup, facts)
+
+
+def build(ctx: Context) -> Section:
+    return render(ctx, load(ctx))

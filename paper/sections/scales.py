@@ -71,33 +71,45 @@ def load(ctx: Context) -> dict:
 
 def plot_distribution(records: dict, stat: str, formats: list[str], path: Path) -> None:
     """Histograms of log2(stat) per model, forward activations vs backward gradients, with each
-    format's min subnormal and max as vertical lines."""
+    format's min subnormal and max as vertical lines. The axis ends a few binades above the largest
+    format maximum; tensors beyond it (e.g. logits filled with the float32 minimum under a mask) are
+    counted in the panel instead of stretching the axis."""
     from matplotlib.figure import Figure
 
     from unitscale.formats import format_from_name
 
+    fmts = [format_from_name(f) for f in formats]
+    logs = [math.log2(r[stat]) for rows in records.values() for r in rows if r[stat] > 0]
+    low = math.floor(min(logs + [math.log2(f.min_subnormal) for f in fmts])) - 1
+    high = math.ceil(max(math.log2(f.max) for f in fmts)) + 6
+    bins = [low + k / 2 for k in range(2 * (high - low) + 1)]
     fig = Figure(figsize=(8, 5), layout="constrained")
     axes = fig.subplots(len(records), 1, sharex=True)
     colours = ["tab:purple", "tab:green", "tab:brown", "tab:gray"]
-    bins = [b / 2 for b in range(-80, 41)]
     for ax, (name, rows) in zip(axes, records.items()):
         for phase, colour in (("forward", "tab:blue"), ("backward", "tab:orange")):
             xs = [math.log2(r[stat]) for r in rows if r["phase"] == phase and r[stat] > 0]
-            ax.hist(xs, bins=bins, alpha=0.6, color=colour,
+            ax.hist([x for x in xs if x <= high], bins=bins, alpha=0.6, color=colour,
                     label="forward values" if phase == "forward" else "backward gradients")
-        for fmt_name, colour in zip(formats, colours):
-            fmt = format_from_name(fmt_name)
+        for fmt, colour in zip(fmts, colours):
             ax.axvline(math.log2(fmt.min_subnormal), color=colour, ls=":", lw=1.2)
-            ax.axvline(math.log2(fmt.max), color=colour, ls="-", lw=1.2, label=f"{fmt_name} range")
+            ax.axvline(math.log2(fmt.max), color=colour, ls="-", lw=1.2, label=f"{fmt.name} range")
+        beyond = [r for r in rows if r[stat] > 0 and math.log2(r[stat]) > high]
+        if beyond:
+            top = max(beyond, key=lambda r: r[stat])
+            ax.text(0.99, 0.95, f"{len(beyond)} tensor(s) beyond 2^{high}, up to 2^"
+                    f"{math.log2(top[stat]):.0f} ({top['label'][-40:]})", transform=ax.transAxes,
+                    ha="right", va="top", fontsize=7)
         ax.set_title(name, fontsize=10)
         ax.set_ylabel("tensors")
+    axes[-1].set_xlim(low, high)
     axes[-1].set_xlabel(f"log2 {stat} of the tensor (dotted: min subnormal, solid: max)")
-    axes[0].legend(fontsize=8, ncols=2)
+    axes[0].legend(fontsize=8, ncols=2, loc="upper left")
     fig.savefig(path, dpi=120)
 
 
-def build(ctx: Context) -> Section:
-    data = load(ctx)
+def render(ctx: Context, data: dict) -> Section:
+    """The section from the checked ``data`` of :func:`load`."""
     s, formats, quick = data["summary"], data["formats"], ctx.quick
     ctx.figures.mkdir(parents=True, exist_ok=True)
     plot_distribution(data["records"], data["stat"], formats, ctx.figures / "scale_distribution.png")
@@ -139,3 +151,7 @@ def build(ctx: Context) -> Section:
              "formats": formats, "quick": o["quick"]}
     setup = (f"Scale analysis (`{ctx.rel(data['base'])}`): {what}; formats {', '.join(formats)}.",)
     return Section(KEY, TITLE, body, setup, facts)
+
+
+def build(ctx: Context) -> Section:
+    return render(ctx, load(ctx))

@@ -105,8 +105,8 @@ def optimum_table(groups: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def build(ctx: Context) -> Section:
-    data = load(ctx)
+def render(ctx: Context, data: dict) -> Section:
+    """The section from the checked ``data`` of :func:`load`."""
     groups = data["groups"]
     link = ctx.copy_figure(data["base"] / "lr_sweep.png", "umup_lr_sweep.png")
     claims = [transfer_claim(name, g, data["grid"].get(name, math.nan)) for name, g in groups.items()]
@@ -130,3 +130,7 @@ def build(ctx: Context) -> Section:
              f"`{data['command']}`.",)
     facts = {"claims": claims, "quick": "--quick" in data["command"]}
     return Section(KEY, TITLE, body, setup, facts)
+
+
+def build(ctx: Context) -> Section:
+    return render(ctx, load(ctx))

@@ -166,6 +166,7 @@ def test_discussion_words_follow_the_intervals(complete):
     assert "sit closer to unit scale" in discussion and "0.75 against 7.25" in discussion
     assert "u-μP fp32: the optimum moves 0.00 binades" in discussion and "within one grid step" in discussion
     assert "SP fp32: the optimum moves 3.00 binades" in discussion and "more than one grid step" in discussion
+    assert "u-μP's optimum moves less than SP's across these widths (0.00 vs 3.00 binades)" in discussion
 
 
 @pytest.mark.parametrize("module", EXPERIMENTS, ids=lambda m: m.KEY)
@@ -203,6 +204,16 @@ def test_malformed_csv_fails_naming_line(tmp_path, capsys):
     assert run(results, tmp_path / "paper.md") == 1
     err = capsys.readouterr().err
     assert str(path) in err and "line 2" in err and "'one'" in err
+
+
+def test_every_problem_is_reported_at_once(tmp_path, capsys):
+    results = make_results(tmp_path / "results")
+    (results / "bert" / "summary.json").unlink()
+    (results / "umup" / "runs.csv").write_text("width\n1\n")
+    assert run(results, tmp_path / "paper.md", "--allow-missing", "charlm") == 1
+    err = capsys.readouterr().err
+    assert "section 'bert'" in err and "section 'umup'" in err and "runs.csv" in err
+    assert "--allow-missing bert --allow-missing umup" in err and "section 'charlm'" not in err
 
 
 def test_failed_build_keeps_the_previous_paper(tmp_path):
