@@ -12,6 +12,7 @@ from unitscale.nn.mlp import ACTIVATIONS
 from unitscale.nn.numerics import Numerics
 from unitscale.nn.residual import residual_taus
 from unitscale.nn.transformer import NORM_PLACEMENTS
+from unitscale.precision.policy import PrecisionPolicy, precision_policy
 
 __all__ = ["NORMS", "TransformerConfig"]
 
@@ -43,7 +44,14 @@ class TransformerConfig:
     ops, residual weights tau from ``residual_mult``/``residual_attn_ratio``) and the standard one
     (weights N(0, ``init_std``^2), plain ops, 1/sqrt(d_head) attention). The u-muP multipliers
     (``attn_softmax_mult``, ``ffn_act_mult``, ``loss_softmax_mult``, and the residual rule) are used
-    by the unit-scaled model only. ``dtype`` is the activation dtype; parameters stay float32.
+    by the unit-scaled model only. Parameters stay float32.
+
+    ``precision`` is the model's :class:`~unitscale.precision.PrecisionPolicy` or a preset name
+    (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"fp8"``, ``"fp8_fnuz"``, ``"umup_fp8"``, ``"mxfp8"``, ...;
+    see ``unitscale.precision.PRESETS``), applied by every weight matmul; the same model runs in another
+    precision by changing this one value. ``dtype`` (None by default) overrides the policy's activation
+    dtype, e.g. ``precision="fp8", dtype="bfloat16"`` simulates FP8 matmuls on bfloat16 arithmetic;
+    :attr:`compute_dtype` is the dtype in effect.
     """
 
     vocab_size: int = 256
@@ -59,7 +67,8 @@ class TransformerConfig:
     activation: str = "gelu"
     use_bias: bool = True
     unit_scaled: bool = True
-    dtype: str = "float32"
+    precision: PrecisionPolicy | str = "fp32"
+    dtype: str | None = None
     init_std: float = 0.02
     remat: bool = False
     residual_mult: float = 1.0
@@ -89,13 +98,23 @@ class TransformerConfig:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         try:
-            object.__setattr__(self, "dtype", Numerics(dtype=self.dtype).dtype)
+            object.__setattr__(self, "precision", precision_policy(self.precision))
         except (TypeError, ValueError) as error:
-            raise ValueError(f"dtype: {error}") from None
+            raise ValueError(f"precision: {error}") from None
+        if self.dtype is not None:
+            try:
+                object.__setattr__(self, "dtype", Numerics(dtype=self.dtype).dtype)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"dtype: {error}") from None
 
     @property
     def numerics(self) -> Numerics:
-        return Numerics(unit_scaled=self.unit_scaled, dtype=self.dtype)
+        return Numerics(unit_scaled=self.unit_scaled, dtype=self.dtype, precision=self.precision)
+
+    @property
+    def compute_dtype(self) -> str:
+        """The activation dtype in effect: ``dtype`` if given, else the policy's."""
+        return self.numerics.dtype
 
     @property
     def ffn_hidden(self) -> int:
@@ -116,5 +135,8 @@ class TransformerConfig:
         return cls(**{**cls.PRESETS[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict."""
-        return dataclasses.asdict(self)
+        """The fields as a JSON-ready dict (the policy as :meth:`PrecisionPolicy.to_dict`, which the
+        constructor reads back)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["precision"] = self.precision.to_dict()
+        return out

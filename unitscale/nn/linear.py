@@ -3,10 +3,11 @@ weight matrix.
 
 Every weight matmul of every module (attention projections, FFN, readout, RNN input projection,
 heads) calls :func:`dense` with the layer's ``role`` (e.g. ``"attn_qkv"``, ``"attn_out"``,
-``"ffn_up"``, ``"ffn_gate"``, ``"ffn_down"``, ``"readout"``), so a precision policy keyed on roles
-(quantise matmul inputs to FP8, keep ``"ffn_down"``/``"attn_out"`` in BF16) belongs there and
-nowhere else. Attention's two activation-activation matmuls run inside
-:func:`unitscale.nn.attention.attend`.
+``"ffn_up"``, ``"ffn_gate"``, ``"ffn_down"``, ``"readout"``), and the precision policy of
+``Numerics.precision`` is applied there and nowhere else: a Linear whose role the policy quantises
+holds a :class:`unitscale.precision.MatmulQuantizer` (its recipe state) and hands it to ``dense``.
+Attention's two activation-activation matmuls run inside :func:`unitscale.nn.attention.attend` and are
+not quantised (see :mod:`unitscale.precision`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import unitscale.functional as U
 from unitscale.nn.init import normal_weight
 from unitscale.nn.numerics import Numerics
 from unitscale.nn.params import make_param
+from unitscale.precision.matmul import MatmulQuantizer, MatmulSpec
 
 __all__ = ["dense", "Linear", "LinearReadout"]
 
@@ -31,13 +33,19 @@ def dense(
     role: str,
     numerics: Numerics,
     readout: bool = False,
+    quantizer: MatmulQuantizer | None = None,
 ) -> jax.Array:
     """``y = x W + b`` in the compute dtype, accumulated in float32; kernel is ``(fan_in, fan_out)``.
 
     Unit-scaled: :func:`unitscale.functional.linear` (output ``fan_in^-1/2``), or for a readout
     :func:`unitscale.functional.linear_readout` (output ``1/fan_in``). Standard: the plain product.
-    ``role`` names this matmul for precision policies (unused by the arithmetic itself).
+    ``role`` names this matmul for precision policies. With a ``quantizer`` (the Linear's, for a role
+    its policy quantises) the same map runs with quantised inputs and output-gradient, in float32,
+    the weights quantised straight from their float32 master copy.
     """
+    if quantizer is not None:
+        op = (U.linear_readout if readout else U.linear) if numerics.unit_scaled else _affine
+        return quantizer(op, x, kernel, bias).astype(numerics.compute_dtype)
     x, kernel = numerics.cast(x), numerics.cast(kernel)
     bias = None if bias is None else numerics.cast(bias)
     if numerics.unit_scaled:
@@ -49,11 +57,18 @@ def dense(
     return y.astype(numerics.compute_dtype)
 
 
+def _affine(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+    y = jnp.matmul(x, kernel, preferred_element_type=jnp.float32)
+    return y if bias is None else y + bias.astype(jnp.float32)
+
+
 class Linear(nnx.Module):
     """Affine layer ``x W + b`` with W ``(in_features, out_features)`` of kind ``"hidden"``.
 
     Unit-scaled: W ~ N(0, 1). Standard: W ~ N(0, init_std^2), or LeCun normal when ``init_std`` is
     None (as ``nnx.Linear``). Biases start at zero. Parameter names match ``nnx.Linear``.
+    ``quantizer``: the :class:`~unitscale.precision.MatmulQuantizer` of ``numerics.precision`` for
+    this role, or None when the matmul runs in the compute dtype.
     """
 
     _kind = "hidden"
@@ -89,12 +104,15 @@ class Linear(nnx.Module):
             if use_bias
             else nnx.data(None)
         )
+        spec = MatmulSpec.of(numerics.precision, role)
+        self.quantizer = MatmulQuantizer(spec) if spec is not None else nnx.data(None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         bias = None if self.bias is None else self.bias[...]
         with jax.named_scope(self.role):
             return dense(
-                x, self.kernel[...], bias, role=self.role, numerics=self.numerics, readout=self._readout
+                x, self.kernel[...], bias, role=self.role, numerics=self.numerics, readout=self._readout,
+                quantizer=self.quantizer,
             )
 
 

@@ -1,4 +1,4 @@
-"""How a module computes: unit-scaled or standard parametrisation, and the activation dtype."""
+"""How a module computes: unit-scaled or standard parametrisation, activation dtype, precision policy."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-__all__ = ["COMPUTE_DTYPES", "Numerics"]
+from unitscale.precision.policy import COMPUTE_DTYPES, PrecisionPolicy, precision_policy
 
-COMPUTE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+__all__ = ["COMPUTE_DTYPES", "Numerics"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,20 +19,29 @@ class Numerics:
     Attributes:
       unit_scaled: N(0, 1) weights and :mod:`unitscale.functional` ops if True; the usual
         initialisations and plain ops otherwise.
-      dtype: activation (compute) dtype name, one of ``COMPUTE_DTYPES``. Parameters stay float32
-        and are cast to it where they are used.
+      dtype: activation (compute) dtype name, one of ``COMPUTE_DTYPES``; None (default) takes the
+        policy's ``compute_dtype``, a given dtype replaces it. Parameters stay float32 and are cast
+        to it where they are used.
+      precision: the :class:`~unitscale.precision.PrecisionPolicy` (or preset name) whose matmul
+        formats and scaling every :func:`unitscale.nn.linear.dense` applies (default ``"fp32"``).
     """
 
     unit_scaled: bool = True
-    dtype: str = "float32"
+    dtype: str | None = None
+    precision: PrecisionPolicy | str = "fp32"
 
     def __post_init__(self):
         if not isinstance(self.unit_scaled, bool):
             raise TypeError(f"unit_scaled must be a bool, got {type(self.unit_scaled).__name__}")
-        name = jnp.dtype(self.dtype).name if _is_dtype_like(self.dtype) else self.dtype
-        if name not in COMPUTE_DTYPES:
-            raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
-        object.__setattr__(self, "dtype", name)
+        policy = precision_policy(self.precision)
+        if self.dtype is not None:
+            name = jnp.dtype(self.dtype).name if _is_dtype_like(self.dtype) else self.dtype
+            if name not in COMPUTE_DTYPES:
+                raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
+            if name != policy.compute_dtype:
+                policy = policy.replace(compute_dtype=name)
+        object.__setattr__(self, "precision", policy)
+        object.__setattr__(self, "dtype", policy.compute_dtype)
 
     @property
     def compute_dtype(self) -> jnp.dtype:
