@@ -125,12 +125,14 @@ class ExperimentCLI:
     def add_model_options(self, *, precision: str = "fp32", precisions: Sequence[str] | None = None,
                           loss_scale: str = "none", loss_scales: Sequence[str] | None = None,
                           unit_scaled: bool = True) -> None:
-        """``--precision``, ``--loss-scale`` and ``--standard`` / ``--unit-scaled``, shared by model scripts."""
+        """``--precision``, ``--scaling`` (alias ``--loss-scale``, dest ``loss_scale``) and ``--standard`` /
+        ``--unit-scaled``, shared by model scripts."""
         group = self.parser.add_argument_group("model numerics")
         self.add("--precision", default=precision, group=group, choices=precisions,
                  help="number formats of the model's matmul inputs and gradients")
-        self.add("--loss-scale", default=loss_scale, group=group, choices=loss_scales,
-                 help="loss scaling recipe")
+        self.add("--scaling", "--loss-scale", dest="loss_scale", default=loss_scale, group=group,
+                 choices=loss_scales, help="scaling recipe: loss scaling (static, dynamic) or FP8 tensor scaling "
+                                           "(delayed, current, mx)")
         scaled = group.add_mutually_exclusive_group()
         scaled.add_argument("--unit-scaled", dest="unit_scaled", action="store_true", default=None,
                             help=f"unit-scaled model{' (default)' if unit_scaled else ''}")

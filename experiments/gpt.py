@@ -1,8 +1,13 @@
 """Train a small GPT on Shakespeare at character level with the one training loop.
 
     python -m experiments.gpt --quick                       # about a minute on 2 CPU cores
-    python -m experiments.gpt --standard --out results/gpt/standard
+    python -m experiments.gpt --standard --scaling delayed --out results/gpt/standard-delayed
     python -m experiments.gpt --size char --precision bf16 --steps 20000 --out results/gpt/char-bf16
+
+By default the model is unit-scaled with FP8 matmuls (E4M3 inputs, E5M2 gradients, simulated exactly
+on float32 arithmetic) and no scaling recipe: unit scaling's claim. ``--precision`` picks any preset of
+``unitscale.precision`` (fp32, bf16, fp16, fp8, fp8_fnuz, umup_fp8, mxfp8, ...), ``--scaling`` a
+recipe: static / dynamic loss scaling or delayed / current / mx scaling of the FP8 matmuls.
 
 Prints the loss going down (train, validation and bits per character), this machine's tokens/s and
 the IPU-equivalent step time of the same train step on one Bow IPU; writes ``metrics.jsonl``,
@@ -30,6 +35,7 @@ from experiments.cli import ExperimentCLI, run_main
 from experiments.progress import format_rate
 from experiments.train import TrainConfig, TrainResult, train
 from unitscale.models.gpt import GPT, GPTConfig, lm_loss
+from unitscale.precision import PRESETS, RECIPES, LossScale, PrecisionPolicy, scaling_recipe, value_and_grad_with_recipe
 
 # Model sizes for a character vocabulary; "char" is the unit scaling paper's character LM
 # (GPTConfig's "char" preset: d_model 128, depth 8).
@@ -38,10 +44,9 @@ SIZES: Mapping[str, Mapping[str, Any]] = {
     "small": dict(d_model=128, depth=4, heads=4, ffn_ratio=4.0),
     "char": {k: v for k, v in GPTConfig.PRESETS["char"].items() if k not in ("vocab_size", "max_len")},
 }
-# --precision -> activation dtype of the model. The FP8 policies (E4M3 forward, E5M2 backward) come
-# with unitscale.precision; until then the script trains in these formats.
-PRECISIONS: Mapping[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-LOSS_SCALES = ("none",)
+# --precision: the presets of unitscale.precision; --scaling: its recipes.
+PRECISIONS: tuple[str, ...] = tuple(PRESETS)
+LOSS_SCALES: tuple[str, ...] = RECIPES
 
 # Peak Adam learning rates: unit-scaled weights are N(0, 1), not N(0, 0.02^2), so the same relative
 # update needs a larger step. Chosen from 200-step runs of the tiny model (lr 1e-2, 3e-2, 1e-1
@@ -64,8 +69,7 @@ def make_cli() -> ExperimentCLI:
     cli.add("--dropout", type=float, default=0.0, group=model, help="dropout rate")
     cli.add("--mixer", default="attention", choices=("attention", "conv", "rnn"), group=model,
             help="sequence mixer")
-    cli.add_model_options(precision="fp32", precisions=sorted(PRECISIONS), loss_scale="none",
-                          loss_scales=LOSS_SCALES)
+    cli.add_model_options(precision="fp8", precisions=PRECISIONS, loss_scale="none", loss_scales=LOSS_SCALES)
     return cli
 
 
@@ -88,10 +92,16 @@ def load_char_corpus(name: str, cache_dir: str | None = None) -> CharCorpus:
                       splits.source)
 
 
+def numerics(args: argparse.Namespace) -> tuple[PrecisionPolicy, LossScale]:
+    """The precision policy and loss scale of ``--precision`` and ``--scaling``; bad pairs raise ValueError."""
+    return scaling_recipe(args.precision, args.loss_scale)
+
+
 def model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
     """The GPT of the parsed options for a vocabulary of ``vocab_size`` ids and context ``args.seq_len``."""
+    policy, _ = numerics(args)
     return GPTConfig(vocab_size=vocab_size, max_len=args.seq_len, dropout=args.dropout, mixer=args.mixer,
-                     unit_scaled=args.unit_scaled, dtype=PRECISIONS[args.precision], **SIZES[args.size])
+                     unit_scaled=args.unit_scaled, precision=policy, dtype=policy.compute_dtype, **SIZES[args.size])
 
 
 def train_gpt(args: argparse.Namespace, config: TrainConfig) -> TrainResult:
@@ -102,10 +112,12 @@ def train_gpt(args: argparse.Namespace, config: TrainConfig) -> TrainResult:
     n_params = sum(int(np.size(x)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     data.save_vocab(corpus.vocab, Path(config.out_dir) / "vocab.json")
     shape = dict(batch_size=config.batch_size, seq_len=config.seq_len)
-    print(f"GPT {args.size} ({'unit-scaled' if args.unit_scaled else 'standard'}, {args.precision}) on "
-          f"{corpus.source}: {len(corpus.train):,} training characters, vocabulary {corpus.vocab.size}")
+    _, loss_scale = numerics(args)
+    print(f"GPT {args.size} ({'unit-scaled' if args.unit_scaled else 'standard'}, {gpt_config.precision}, "
+          f"scaling {args.loss_scale}) on {corpus.source}: {len(corpus.train):,} training characters, "
+          f"vocabulary {corpus.vocab.size}")
     return train(
-        model, lm_loss, config,
+        model, lm_loss, config, value_and_grad=value_and_grad_with_recipe, recipe_state=loss_scale,
         batches=lambda start: data.lm_batches(corpus.train, seed=config.seed, start_step=start, **shape),
         eval_data={"val": lambda: data.lm_eval_batches(corpus.validation, **shape),
                    "test": lambda: data.lm_eval_batches(corpus.test, **shape)},
@@ -130,6 +142,10 @@ def summary(result: TrainResult) -> str:
 def _resolve(cli: ExperimentCLI, args: argparse.Namespace) -> tuple[argparse.Namespace, TrainConfig]:
     if args.lr is None:
         args.lr = LEARNING_RATES[args.unit_scaled]
+    try:
+        numerics(args)
+    except ValueError as err:
+        cli.parser.error(f"--precision {args.precision} with --scaling {args.loss_scale}: {err}")
     return args, cli.train_config(args)
 
 

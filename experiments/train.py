@@ -21,7 +21,13 @@ A run is ``train(model, loss_fn, config, batches=..., eval_data=...)``:
 - Once per run, after the final evaluation, ``result.json["ipu"]`` gets the estimate of the same train
   step on an IPU system (``ipu_system``, default one Bow IPU) at the run's batch and precision, from
   :func:`ipu_sim.system.estimate_system` (see :func:`ipu_estimate`); the run prints it beside this
-  machine's tokens/s (:func:`speed_summary`).
+  machine's tokens/s (:func:`speed_summary`). A model whose precision policy simulates FP8 matmuls in
+  float32 is estimated from its twin that rounds through real float8 arrays
+  (:func:`unitscale.precision.float8_operands`: same values and state), so its FP8 matmuls are costed
+  as FP8 and the matmuls its policy keeps in BF16 as 16-bit ones.
+- Scaling recipes plug in through ``value_and_grad`` and ``recipe_state``: for a model built with a
+  :class:`unitscale.precision.PrecisionPolicy`, ``value_and_grad=unitscale.precision.value_and_grad_with_recipe``
+  and ``recipe_state`` a loss scale (or None); a dynamic loss scale skips non-finite steps.
 - With ``resume`` (the default) a run restarts from its newest checkpoint: params, optimiser, recipe
   and model state (RNG counters included), metric accumulators and the data position, with
   ``metrics.jsonl`` cut back to what it held at that checkpoint. On CPU the resumed run's records are
@@ -51,9 +57,10 @@ from experiments.optimizers import OptimizerConfig, learning_rate_schedule, make
 from experiments.progress import Clock, Progress, format_rate
 from experiments.results import append_jsonl, dumps, read_jsonl, run_metadata, write_json, write_text
 from experiments.train_step import (GradFn, LossFn, TrainState, init_state, interval_metrics, make_eval_step,
-                                    make_train_step, plain_value_and_grad, eval_graphdef)
+                                    make_train_step, plain_value_and_grad, eval_graphdef, split_model)
 from ipu_sim.hardware import get_system
 from ipu_sim.system import estimate_system
+from unitscale.precision import float8_operands
 
 METRICS_FILE, RESULT_FILE, CHECKPOINT_DIR = "metrics.jsonl", "result.json", "checkpoints"
 # Fields that change nothing in the trajectory: differences in them are not reported on resume.
@@ -453,12 +460,14 @@ def _run_steps(loop: _Loop, state: TrainState, start: int, batches: Iterator, st
 def train(model: nnx.Module, loss_fn: LossFn, config: TrainConfig, *,
           batches: Callable[[int], Iterator], eval_data: Mapping[str, Callable[[], Iterable]] | None = None,
           optimizer: optax.GradientTransformation | None = None, value_and_grad: GradFn = plain_value_and_grad,
-          recipe_state: Any = None, skips_nonfinite: bool = False, describe: Mapping[str, Any] | None = None,
+          recipe_state: Any = None, skips_nonfinite: bool | None = None, describe: Mapping[str, Any] | None = None,
           on_record: Callable[[dict], None] | None = None) -> TrainResult:
     """Train ``model`` in place with ``loss_fn`` as the module docstring describes; returns the result.
 
     ``optimizer`` overrides the one built from ``config.optimizer`` (e.g. a u-muP transform);
-    ``value_and_grad``, ``recipe_state`` and ``skips_nonfinite`` plug in a scaling recipe;
+    ``value_and_grad``, ``recipe_state`` and ``skips_nonfinite`` plug in a scaling recipe
+    (``skips_nonfinite`` defaults to the recipe state's own ``skips_nonfinite``, e.g. True for
+    :class:`unitscale.precision.DynamicLossScale`, else False);
     ``describe`` (model config, data, vocab, ...) is stored in ``result.json``; ``on_record`` sees
     every metrics record as it is written.
 
@@ -480,10 +489,16 @@ def train(model: nnx.Module, loss_fn: LossFn, config: TrainConfig, *,
     if rows != {config.batch_size}:
         raise ValueError(f"batches: leading dimensions {sorted(rows, key=str)} of the batch leaves differ from "
                          f"config.batch_size = {config.batch_size}")
-    graphdef, state = init_state(model, loss_fn, optimizer, probe, recipe_state)
-    step_fn = make_train_step(graphdef, loss_fn, optimizer, log_every=config.log_every,
-                              value_and_grad=value_and_grad, skips_nonfinite=skips_nonfinite,
-                              max_consecutive_skips=config.max_consecutive_skips)
+    if skips_nonfinite is None:
+        skips_nonfinite = bool(getattr(recipe_state, "skips_nonfinite", False))
+    graphdef, state = init_state(model, loss_fn, optimizer, probe, recipe_state,
+                                 None if value_and_grad is plain_value_and_grad else value_and_grad)
+    step_options = dict(log_every=config.log_every, value_and_grad=value_and_grad, skips_nonfinite=skips_nonfinite,
+                        max_consecutive_skips=config.max_consecutive_skips)
+    step_fn = make_train_step(graphdef, loss_fn, optimizer, **step_options)
+    cost_model = float8_operands(model)
+    cost_step_fn = (step_fn if cost_model is model
+                    else make_train_step(split_model(cost_model)[0], loss_fn, optimizer, **step_options))
     replicated = parallel.replicated(mesh)
     files = _Files(Path(config.out_dir), writer=jax.process_index() == 0)
     with CheckpointStore(files.out_dir / CHECKPOINT_DIR, config.keep_checkpoints) as store, \
@@ -496,16 +511,16 @@ def train(model: nnx.Module, loss_fn: LossFn, config: TrainConfig, *,
             state, start = _restore_or_start(loop, parallel.replicate(state, mesh))
             progress.advance(start)
             state, timings = _run_steps(loop, state, start, iter(batches(start)), stop, started)
-            result = _finish(loop, state, step_fn, probe, start, timings, started)
+            result = _finish(loop, state, cost_step_fn, probe, start, timings, started)
         finally:
             progress.close()
     nnx.update(model, state.params, state.rest)
     return TrainResult(model, config.steps, result["final"], result, files.out_dir)
 
 
-def _finish(loop: _Loop, state: TrainState, step_fn: Callable, probe, start: int, timings: dict,
+def _finish(loop: _Loop, state: TrainState, cost_step_fn: Callable, probe, start: int, timings: dict,
             started: float) -> dict:
-    """Final evaluation, checkpoint, IPU estimate and ``result.json``."""
+    """Final evaluation, checkpoint, IPU estimate (of ``cost_step_fn``) and ``result.json``."""
     config = loop.config
     loop.check_finite(state)
     loop.save(state, config.steps)  # before the final records, so a rerun rewinds and rewrites them
@@ -513,7 +528,7 @@ def _finish(loop: _Loop, state: TrainState, step_fn: Callable, probe, start: int
     for split in loop.eval_data:
         final[split] = loop.log_eval(state, config.steps, split, config.final_eval_batches)
     loop.print_line(config.steps, final.get("val"))
-    ipu = (ipu_estimate(step_fn, state, probe, seq_len=config.seq_len, system=config.ipu_system)
+    ipu = (ipu_estimate(cost_step_fn, state, probe, seq_len=config.seq_len, system=config.ipu_system)
            if config.ipu_estimate else None)
     train_s = timings.get("train_s", 0.0)
     steps_timed = max(config.steps - start - 1, 0)

@@ -19,6 +19,11 @@ the failing step) unless the gradient function's scaling recipe handles it (``sk
 dynamic loss scaler skips the update, lowers its scale and training goes on, halting only after
 ``max_consecutive_skips`` skips in a row). The host only reads ``halted_at`` at log points, so the
 steps in between stay asynchronous.
+
+A gradient function may add per-step metrics to the totals under keys ``"step/<name>"`` (e.g. the loss
+scale and overflow counts of :func:`unitscale.precision.value_and_grad_with_recipe`, the gradient function
+of every scaling recipe). They are summed over all steps taken, skipped ones included, and reported as
+means per step, not per token.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class GradFn(Protocol):
     """``(loss_fn, model, batch, recipe_state) -> (loss, totals, grads, new_recipe_state, grads_finite)``.
 
     ``grads`` are w.r.t. the ``nnx.Param`` variables, already unscaled by any loss-scaling recipe.
+    ``totals`` are the loss function's, plus any per-step metrics under ``"step/<name>"`` keys. The
+    function may update non-parameter variables of ``model`` (recipe state); the step carries them.
     """
 
     def __call__(self, loss_fn: LossFn, model: nnx.Module, batch: Batch, recipe_state: Any) -> tuple: ...
@@ -78,6 +85,7 @@ class TrainState:
 
 
 SUM_KEYS = ("loss", "grad_norm", "steps", "skipped")
+STEP_METRIC = "step/"  # prefix of per-step metrics in a gradient function's totals
 
 
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
@@ -92,10 +100,15 @@ def eval_graphdef(model: nnx.Module) -> nnx.GraphDef:
 
 
 def init_state(model: nnx.Module, loss_fn: LossFn, optimizer: optax.GradientTransformation, batch: Batch,
-               recipe_state: Any = None) -> tuple[nnx.GraphDef, TrainState]:
-    """The graphdef and step-0 state; ``batch`` (any batch of the run) fixes the keys of ``sums``."""
+               recipe_state: Any = None, value_and_grad: GradFn | None = None) -> tuple[nnx.GraphDef, TrainState]:
+    """The graphdef and step-0 state; ``batch`` (any batch of the run) fixes the keys of ``sums``, with
+    the per-step metrics of ``value_and_grad`` (the loss function's totals alone when None)."""
     graphdef, params, rest = split_model(model)
-    _, totals = jax.eval_shape(lambda p, r: loss_fn(nnx.merge(graphdef, p, r), batch), params, rest)
+    if value_and_grad is None:
+        _, totals = jax.eval_shape(lambda p, r: loss_fn(nnx.merge(graphdef, p, r), batch), params, rest)
+    else:
+        totals = jax.eval_shape(lambda p, r, s: value_and_grad(loss_fn, nnx.merge(graphdef, p, r), batch, s)[1],
+                                params, rest, recipe_state)
     if not isinstance(totals, Mapping) or "count" not in totals:
         raise ValueError(f"loss_fn must return (loss, totals) with totals a dict holding 'count', got {totals!r:.200}")
     sums = {k: jnp.zeros((), jnp.float32) for k in (*SUM_KEYS, *(f"totals/{k}" for k in totals))}
@@ -136,7 +149,8 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
         base = jax.tree.map(lambda s: jnp.where(state.step % log_every == 0, 0.0, s), state.sums)
         step_sums = {"loss": loss, "grad_norm": optax.tree.norm(grads), "steps": 1.0, "skipped": 0.0,
                      **{f"totals/{k}": v for k, v in totals.items()}}
-        added = {k: base[k] + jnp.where(apply, jnp.asarray(step_sums[k], jnp.float32), 0.0) for k in base}
+        added = {k: base[k] + jnp.where(advance if k.startswith(f"totals/{STEP_METRIC}") else apply,
+                                        jnp.asarray(step_sums[k], jnp.float32), 0.0) for k in base}
         added["skipped"] = base["skipped"] + jnp.where(advance & ~finite, 1.0, 0.0)
         return TrainState(
             step=state.step + advance.astype(jnp.int32),
@@ -164,13 +178,19 @@ def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn) -> Callable[[TrainSt
 
 def interval_metrics(sums: Mapping[str, float]) -> dict[str, float]:
     """Means over the good steps since the last record: ``loss``, ``grad_norm``, each ``totals`` ratio,
-    and the number of ``steps`` and ``skipped`` steps; from host copies of ``TrainState.sums``."""
+    the number of ``steps`` and ``skipped`` steps and the ``skipped_fraction`` of all steps taken, and
+    each per-step metric (``"step/<name>"`` totals) as ``<name>`` averaged over all steps taken; from host
+    copies of ``TrainState.sums``."""
     n = sums["steps"]
+    taken = n + sums["skipped"]
     out = {"loss": sums["loss"] / n if n else float("nan"),
            "grad_norm": sums["grad_norm"] / n if n else float("nan"),
-           "steps": int(n), "skipped": int(sums["skipped"])}
+           "steps": int(n), "skipped": int(sums["skipped"]),
+           "skipped_fraction": sums["skipped"] / taken if taken else float("nan")}
     count = sums.get("totals/count", 0.0)
     for key, value in sums.items():
-        if key.startswith("totals/") and key != "totals/count":
+        if key.startswith(f"totals/{STEP_METRIC}"):
+            out[key.removeprefix(f"totals/{STEP_METRIC}")] = value / taken if taken else float("nan")
+        elif key.startswith("totals/") and key != "totals/count":
             out[key.removeprefix("totals/")] = value / count if count else float("nan")
     return out

@@ -258,7 +258,7 @@ class MatmulQuantizer(nnx.Module):
         """``op(x, w, b)`` with quantised inputs and output-gradient, as float32."""
         x, w = x.astype(jnp.float32), w.astype(jnp.float32)
         b = None if b is None else b.astype(jnp.float32)
-        counts = None if self.counts is None else self.counts[...]
+        counts = self.counts[...] if self.spec.stats and self.counts is not None else None
         if self.spec.scaling == "mx":
             return _mx_matmul(self.spec, op, x, w, b, counts)
         history = None if self.history is None else self.history[...]

@@ -170,15 +170,16 @@ def _to_float8(value: Any) -> Any:
 def float8_operands(model: nnx.Module) -> nnx.Module:
     """A copy of ``model`` whose FP8 matmuls round through real float8 arrays (``operands="float8"``)
     instead of simulating them in float32: the same values, slower on CPU, but a cost model reading
-    dtypes off the traced program (``ipu_sim``) sees FP8 matmuls. ``model`` itself if it has no
-    quantising policy. The state (parameters, recipe state) keeps its structure."""
+    dtypes off the traced program (``ipu_sim``) sees FP8 matmuls. It counts no range statistics
+    (diagnostics of the simulation, not work the hardware would do; the variables stay, unused).
+    ``model`` itself if it has no quantising policy. The state keeps its structure."""
     if not any(isinstance(m, MatmulQuantizer) for _, m in nnx.iter_modules(model)):
         return model
     copy = nnx.clone(model)
     for _, module in nnx.iter_modules(copy):
         for name, value in list(vars(module).items()):
             if isinstance(value, MatmulSpec) and value.scaling != "mx":
-                setattr(module, name, dataclasses.replace(value, operands="float8"))
+                setattr(module, name, dataclasses.replace(value, operands="float8", stats=False))
             elif dataclasses.is_dataclass(value) and not isinstance(value, type):
                 new = _to_float8(value)
                 if new is not value:
