@@ -84,6 +84,7 @@ class Setup:
     amp: tuple[float, ...]
     source: str  # "published" or "balancer"
     assumed: str
+    head_ipu: int = 0  # IPU of the (tied) output head; embeddings stay on IPU 0
 
     @property
     def ipus_per_replica(self) -> int:
@@ -114,10 +115,11 @@ def setup_for(model: str, system: System) -> Setup | None:
     return published if published and published.system == system.name else None
 
 
-def balancer_setup(model: str, system: System, depth: int, micro_batch: int | None = None) -> Setup:
+def balancer_setup(model: str, system: System, depth: int, micro_batch: int | None = None,
+                   head_ipu: int = 0) -> Setup:
     """The automatic balancer over ``depth`` IPUs per replica at ``micro_batch`` (default: the
     family's), keeping the family's global batch (``grad_accum`` rounded up so that a weight update
-    has at least that many samples)."""
+    has at least that many samples), with the output head on ``head_ipu``."""
     family = PRESETS[model].kind
     published = PUBLISHED.get(model)
     family_mb, samples = ((published.micro_batch, published.micro_batch * published.grad_accum
@@ -128,11 +130,12 @@ def balancer_setup(model: str, system: System, depth: int, micro_batch: int | No
     offload = system.has_streaming_memory
     assumed = (f"no published recipe for {system.name}: automatic balancer over the fewest IPUs per "
                f"replica (of {list(BALANCER_DEPTHS)}) that fit in FP16, then the largest micro-batch "
-               f"(halving from {family_mb}), replicas filling the system; {samples:,} samples per "
+               f"(halving from {family_mb}), output head on IPU 0 as published or else on the last IPU, "
+               f"replicas filling the system; {samples:,} samples per "
                f"update as the {'published ' + model if published else family.upper() + ' family'} "
                f"recipe; recompute{', optimizer off-chip' if offload else ', optimizer on chip (no streaming memory)'}")
     return Setup(model, system.name, PRESETS[model].seq, micro_batch, depth, replicas, grad_accum,
-                 True, offload, BALANCER_AMP, "balancer", assumed)
+                 True, offload, BALANCER_AMP, "balancer", assumed, head_ipu)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -169,7 +172,7 @@ def estimate(setup: Setup, precision: str, traced: Traced) -> Run:
     system = SYSTEM_CHOICES[setup.system]
     for amp in setup.amp:
         est = estimate_system(
-            program, system=system, pipeline=setup.pipeline, place=place,
+            program, system=system, pipeline=setup.pipeline, place={**place, "head": setup.head_ipu},
             micro_batch=setup.micro_batch, seq=setup.seq, replicas=setup.replicas,
             grad_accum=setup.grad_accum, recompute=setup.recompute,
             offload_optimizer=setup.offload_optimizer, precision=precision,
@@ -179,29 +182,34 @@ def estimate(setup: Setup, precision: str, traced: Traced) -> Run:
     return Run(setup, precision, amp, est)
 
 
-def fewest_ipus(model: str, system: System, precision: str, traced: Traced, log) -> int | None:
-    """The fewest IPUs per replica at which ``precision`` fits with micro-batch 1 and the smallest
-    availableMemoryProportion candidate (a larger micro-batch needs more memory, so a depth that
-    fails this probe is skipped without trying any); None if none does."""
+def fewest_ipus(model: str, system: System, precision: str, traced: Traced, log) -> tuple[int, int] | None:
+    """``(IPUs per replica, head IPU)``: the fewest IPUs at which ``precision`` fits with
+    micro-batch 1 and the smallest availableMemoryProportion candidate, the head on IPU 0 (as
+    published) tried before the last IPU (a larger micro-batch needs more memory, so a depth that
+    fails this probe is skipped without trying any); None if nothing fits."""
     for depth in (d for d in BALANCER_DEPTHS if d <= system.ipus):
-        probe = replace(balancer_setup(model, system, depth, 1), amp=BALANCER_AMP[-1:])
-        fits = estimate(probe, precision, traced).estimate.fits
-        log(f"  {model} on {system.name}: {depth} IPU(s) per replica, micro-batch 1: {precision} "
-            f"{'fits' if fits else 'does not fit'}")
-        if fits:
-            return depth
+        for head in dict.fromkeys((0, depth - 1)):
+            probe = replace(balancer_setup(model, system, depth, 1, head), amp=BALANCER_AMP[-1:])
+            fits = estimate(probe, precision, traced).estimate.fits
+            log(f"  {model} on {system.name}: {depth} IPU(s) per replica, head on IPU {head}, "
+                f"micro-batch 1: {precision} {'fits' if fits else 'does not fit'}")
+            if fits:
+                return depth, head
     return None
 
 
 def first_fit(model: str, system: System, precision: str, traced: Traced, log) -> Run | None:
-    """``precision`` at the fewest IPUs per replica that fit, at the largest micro-batch (halving
-    from the family's) that fits there; None if no depth fits."""
-    depth = fewest_ipus(model, system, precision, traced, log)
-    mb = 0 if depth is None else balancer_setup(model, system, depth).micro_batch
+    """``precision`` at the placement :func:`fewest_ipus` finds, at the largest micro-batch (halving
+    from the family's) that fits there; None if nothing fits."""
+    found = fewest_ipus(model, system, precision, traced, log)
+    if found is None:
+        return None
+    depth, head = found
+    mb = balancer_setup(model, system, depth).micro_batch
     while mb >= 1:
-        run = estimate(balancer_setup(model, system, depth, mb), precision, traced)
-        log(f"  {model} on {system.name}: {depth} IPU(s) per replica, micro-batch {mb}: "
-            f"{precision} {'fits' if run.estimate.fits else 'does not fit'}")
+        run = estimate(balancer_setup(model, system, depth, mb, head), precision, traced)
+        log(f"  {model} on {system.name}: {depth} IPU(s) per replica, head on IPU {head}, micro-batch "
+            f"{mb}: {precision} {'fits' if run.estimate.fits else 'does not fit'}")
         if run.estimate.fits:
             return run
         mb //= 2
@@ -245,7 +253,8 @@ def row(run: Run) -> dict[str, Any]:
         "layers_per_ipu": list(e.layers_per_ipu), "ipus_per_replica": e.ipus_per_replica,
         "replicas": e.replicas, "grad_accum": e.grad_accum, "samples_per_step": e.samples_per_step,
         "recompute": s.recompute, "offload_optimizer": s.offload_optimizer,
-        "available_memory_proportion": run.amp, "config_source": s.source, "assumed": s.assumed,
+        "available_memory_proportion": run.amp, "head_ipu": s.head_ipu, "config_source": s.source,
+        "assumed": s.assumed,
         "samples_per_s": e.samples_per_second, "tokens_per_s": e.tokens_per_second,
         "step_s": e.step_seconds, "utilisation": e.utilisation, "fits": e.fits,
         "sram_kib": e.system.chip.sram_bytes / KIB, "peak_tile_kib": max(peaks),
@@ -281,7 +290,7 @@ def compare(fp16: Mapping[str, Any], fp8: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # Output.
 
-CSV_COLUMNS = ("model", "system", "chip", "precision", "config_source", "layers_per_ipu", "replicas",
+CSV_COLUMNS = ("model", "system", "chip", "precision", "config_source", "layers_per_ipu", "head_ipu", "replicas",
                "micro_batch", "grad_accum", "samples_per_step", "available_memory_proportion",
                "samples_per_s", "tokens_per_s", "step_s", "utilisation", "fits", "peak_tile_kib",
                "sram_kib", "max_ipu_total_mb")
@@ -306,7 +315,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Mapp
     for c in comparisons:
         a, b = (by_key[(c["model"], c["system"], p)] for p in PRECISIONS)
         config = f"{a['layers_per_ipu']} x {a['replicas']}" + (
-            f" / FP8 {b['layers_per_ipu']}" if b["layers_per_ipu"] != a["layers_per_ipu"] else "")
+            f" / FP8 {b['layers_per_ipu']}" if b["layers_per_ipu"] != a["layers_per_ipu"] else "") + (
+            f", head on IPU {a['head_ipu']}" if a.get("head_ipu") else "")
         lines.append(f"| {c['model']} | {c['system']} | {config} | {_throughput(a)} | {_throughput(b)} "
                      f"| {c['throughput_ratio']:.2f} | {_memory(a)} | {_memory(b)} | {c['verdict']} |")
     return "\n".join(lines)

@@ -14,8 +14,9 @@ a TeX engine on the PATH a PDF is made beside the Markdown.
 
 ``--quick`` runs ``python -m experiments.<name> --quick`` for charlm, bert, umup, scales and ipu as
 subprocesses (a few minutes in all), writes to ``paper/quick/`` by default and marks the paper as
-quick at the top and in every caption. A script that does not exist or fails is an error, or a
-missing box for a section named with ``--allow-missing``.
+quick at the top and in every caption. A script that does not exist is an error, or a missing box
+for a section named with ``--allow-missing``; a script that fails has its section read anyway
+(flagged with the failure) if it left readable results, and is an error (or a box) if not.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ class BuildError(RuntimeError):
     """The paper cannot be built as asked (a missing / malformed result, a failed script)."""
 
 
-def load_all(ctx: Context, allow_missing: set[str], unavailable: dict[str, str]) -> dict[str, object]:
-    """Every experiment section's checked data, or the reason it has none. All sections are read
-    before any is drawn, and every problem is reported at once."""
+def load_all(ctx: Context, allow_missing: set[str], unavailable: dict[str, str],
+             failed: dict[str, str]) -> dict[str, object]:
+    """Every experiment section's checked data, or the reason it has none (with the failure of its
+    quick script, if any). All sections are read before any is drawn, and every problem is reported
+    at once."""
     loaded: dict[str, object] = {}
     for module in EXPERIMENTS:
         if module.KEY in unavailable:
@@ -68,7 +71,9 @@ def load_all(ctx: Context, allow_missing: set[str], unavailable: dict[str, str])
         try:
             loaded[module.KEY] = module.load(ctx)
         except ResultError as err:
-            loaded[module.KEY] = err
+            why = f"{err.problem}\n(its quick script failed: {failed[module.KEY]})" if module.KEY in failed \
+                else err.problem
+            loaded[module.KEY] = ResultError(err.path, why)
     problems = [f"section {key!r}: {err}" for key, err in loaded.items()
                 if isinstance(err, ResultError) and key not in allow_missing]
     if problems:
@@ -79,24 +84,31 @@ def load_all(ctx: Context, allow_missing: set[str], unavailable: dict[str, str])
     return loaded
 
 
-def experiment_section(module, ctx: Context, data) -> Section:
-    """The rendered section, a missing box for a :class:`ResultError`, or the section with a note
-    when its results came from a script's ``--quick`` mode in a full build."""
+def experiment_section(module, ctx: Context, data, failure: str | None) -> Section:
+    """The rendered section; a missing box for a :class:`ResultError`; with a note when its results
+    came from a script's ``--quick`` mode in a full build, or when its quick script failed."""
     if isinstance(data, ResultError):
         reason = str(data)
         return Section(module.KEY, module.TITLE, missing_box(module.KEY, reason), missing=reason)
     section = module.render(ctx, data)
+    notes = []
+    if failure is not None:
+        notes.append(f"> **SCRIPT FAILED.** The results below are what the script left after it failed; "
+                     f"read them with that in mind.\n>\n> " + failure.replace("\n", "\n> "))
     if section.facts.get("quick") and not ctx.quick:
-        return Section(section.key, section.title, QUICK_RESULTS_NOTE + "\n\n" + section.body,
-                       section.setup, section.facts)
-    return section
+        notes.append(QUICK_RESULTS_NOTE)
+    if not notes:
+        return section
+    return Section(section.key, section.title, "\n\n".join(notes + [section.body]), section.setup,
+                   section.facts)
 
 
-def render(ctx: Context, allow_missing: set[str], command: str,
-           unavailable: dict[str, str] | None = None) -> str:
+def render(ctx: Context, allow_missing: set[str], command: str, unavailable: dict[str, str] | None = None,
+           failed: dict[str, str] | None = None) -> str:
     """The whole paper as Markdown (figures written to ``ctx.figures`` on the way)."""
-    loaded = load_all(ctx, allow_missing, unavailable or {})
-    experiments = [experiment_section(m, ctx, loaded[m.KEY]) for m in EXPERIMENTS]
+    failed = failed or {}
+    loaded = load_all(ctx, allow_missing, unavailable or {}, failed)
+    experiments = [experiment_section(m, ctx, loaded[m.KEY], failed.get(m.KEY)) for m in EXPERIMENTS]
     body = [Section("intro", "Introduction", INTRO.read_text(encoding="utf-8")), method.build(ctx),
             setup.build(ctx, experiments), *experiments, discussion.build(ctx, experiments)]
     head = [f"# {TITLE}", ""]
@@ -131,32 +143,36 @@ REFERENCES = """\
 # ---------------------------------------------------------------------------------------------------
 # Quick mode: regenerate the results with the scripts' --quick modes.
 
-def run_quick(results: Path, allow_missing: set[str], log=print) -> dict[str, str]:
-    """Run every quick command into ``results/<section>``; sections whose script is absent or
-    fails map to the reason (an error unless the section may be missing)."""
-    unavailable = {}
+def run_quick(results: Path, allow_missing: set[str], log=print) -> tuple[dict[str, str], dict[str, str]]:
+    """Run every quick command into ``results/<section>``. Returns ``(unavailable, failed)``: the
+    sections whose script does not exist (an error unless the section may be missing), and those
+    whose script exited with an error, with its message (their sections are still read: a script
+    that records its failed runs and exits 1 leaves usable results, which are then flagged)."""
+    unavailable, failed = {}, {}
     for key, template in QUICK_COMMANDS.items():
         module = template[0]
         args = [a.format(out=results / key, tmp=results / ".runs") for a in template[1:]]
-        reason = _run_script(module, args, log)
-        if reason is None:
+        if importlib.util.find_spec(module) is None:
+            reason = f"the script {module} does not exist (yet): python -m {module} cannot run"
+            if key not in allow_missing:
+                raise BuildError(f"--quick: {reason}\n(pass --allow-missing {key} to build without it)")
+            unavailable[key] = reason
             continue
-        if key not in allow_missing:
-            raise BuildError(f"--quick: {reason}\n(pass --allow-missing {key} to build without it)")
-        unavailable[key] = reason
-    return unavailable
+        message = _run_script(module, args, log)
+        if message is not None:
+            log(f"warning: {message}")
+            failed[key] = message
+    return unavailable, failed
 
 
 def _run_script(module: str, args: list[str], log) -> str | None:
-    if importlib.util.find_spec(module) is None:
-        return f"the script {module} does not exist (yet): python -m {module} cannot run"
-    command = [sys.executable, "-m", module, *args]
+    """Run ``python -m module *args`` from the repository root; None, or what went wrong."""
     log(f"running {shlex.join(['python', '-m', module, *args])}")
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        return f"python -m {module} {shlex.join(args)} failed with exit status {proc.returncode}:\n{tail}"
-    return None
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    tail = "\n".join((proc.stderr.strip() or proc.stdout.strip()).splitlines()[-12:])
+    return f"python -m {module} {shlex.join(args)} exited with status {proc.returncode}:\n{tail}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,12 +230,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def build(results: Path, out: Path, *, quick: bool, allow_missing: set[str], command: str,
-          unavailable: dict[str, str] | None = None) -> Path:
+          unavailable: dict[str, str] | None = None, failed: dict[str, str] | None = None) -> Path:
     """Render the paper from ``results`` and write it to ``out`` (nothing is written on error)."""
     with tempfile.TemporaryDirectory(prefix="paper-build-") as staging:
         ctx = Context(results=results.resolve(), figures=Path(staging) / "figures",
                       figure_link="figures", quick=quick)
-        markdown = render(ctx, allow_missing, command, unavailable)
+        markdown = render(ctx, allow_missing, command, unavailable, failed)
         write(markdown, ctx.figures, out)
     return out
 
@@ -235,9 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             with tempfile.TemporaryDirectory(prefix="paper-quick-results-") as tmp:
                 results = args.results or Path(tmp) / "results"
-                unavailable = run_quick(results, allow)
+                unavailable, failed = run_quick(results, allow)
                 build(results, out, quick=True, allow_missing=allow, command=command,
-                      unavailable=unavailable)
+                      unavailable=unavailable, failed=failed)
     except BuildError as err:
         print(f"python -m paper.build: error: {err}", file=sys.stderr)
         return 1

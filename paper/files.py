@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
+import numbers as numbers_
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,7 @@ def _checked(value: Any, key: str, path, kind) -> Any:
     if kind is None:
         return value
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    if float in kinds and isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if float in kinds and isinstance(value, numbers_.Real) and not isinstance(value, bool):
         return float(value)
     if int in kinds and isinstance(value, bool):
         raise ResultError(path, f"{key!r} must be {_names(kinds)}, got a bool")
@@ -90,11 +90,17 @@ def _checked(value: Any, key: str, path, kind) -> Any:
     return value
 
 
-def finite(value: float, key: str, path: str | Path) -> float:
-    """``value`` if finite, else ResultError (for numbers that cannot be NaN in a sound result)."""
-    if not math.isfinite(value):
-        raise ResultError(path, f"{key!r} must be a finite number, got {value}")
-    return value
+def numbers(values: list, key: str, path: str | Path) -> list[float]:
+    """``values`` as floats; anything but a real number (or null, read as NaN) raises."""
+    out = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(math.nan)
+        elif isinstance(v, numbers_.Real) and not isinstance(v, bool):
+            out.append(float(v))
+        else:
+            raise ResultError(path, f"{key}[{i}] must be a number, got {_name(v)}")
+    return out
 
 
 def _name(value: Any) -> str:

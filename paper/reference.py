@@ -18,18 +18,19 @@ SETUP = ("WikiText-103 raw, hidden 128, depth 8, sequence 256, batch 8, FFN x4, 
          "per character, 95% CI ±0.01")
 CI_HALF_WIDTH = 0.01  # the paper's reported 95% CI of each BPC
 
-# (variant, column) -> best test BPC. Variant: "<sequence layer> <norm placement>"; column:
-# (precision, parametrisation, loss scale) with parametrisation "standard" ("regular" in the paper)
-# or "unit-scaled", loss scale "none" or the static scale.
+# (model, column) -> best test BPC. Model: "<sequence layer> <norm placement>-norm"; column:
+# (precision, parametrisation, loss scaling) with parametrisation "standard" ("regular" in the
+# paper) or "unit-scaled", loss scaling "none" or "static" (the paper's static scale is 2048).
 BPC = MappingProxyType({
     ("attention pre-norm", ("fp16", "standard", "none")): 1.661,
     ("attention pre-norm", ("fp16", "unit-scaled", "none")): 1.567,
-    ("attention pre-norm", ("fp16", "standard", "2048")): 1.587,
+    ("attention pre-norm", ("fp16", "standard", "static")): 1.587,
     ("attention pre-norm", ("fp32", "standard", "none")): 1.582,
     ("attention pre-norm", ("fp32", "unit-scaled", "none")): 1.562,
 })
 
-# The paper's findings as comparisons of two columns of the BPC table.
+# The paper's findings as comparisons of two columns of the BPC table: (key, claim, a, b, kind) with
+# kind "higher" (a is worse than b) or "matches".
 FINDINGS = (
     ("fp16-degrades", "FP16 standard without loss scaling degrades clearly against FP32 standard",
      ("fp16", "standard", "none"), ("fp32", "standard", "none"), "higher"),

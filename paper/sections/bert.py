@@ -1,59 +1,92 @@
 """BERT masked-language-model pre-training in each precision and parametrisation
 (``results/bert/``, made by ``python -m experiments.bert``).
 
-Reads ``summary.json``::
-
-    {"command": "python -m experiments.bert ...",
-     "settings": {...},             # what every run shares
-     "runs": [{"size": "base", "precision": "fp8", "parametrisation": "unit-scaled",
-               "loss_scale": "none", "seed": 0, "val_loss": 2.31 (NaN if diverged),
-               "val_accuracy": 0.54, "diverged": false, "curve": [[step, validation loss], ...]}, ...]}
+Expected schema (the character-LM one, ``experiments.charlm.write_outputs``, with ``model`` rows;
+to be aligned with ``experiments.bert`` when it lands): ``results.json`` with ``profile``,
+``settings``, ``variants`` {name: {label, options: {precision, loss_scale, unit_scaled}}},
+``table`` rows {model, variant, split, values, diverged, runs, ci95, ci_kind} of the validation
+masked-LM loss (split ``"val"``), ``problems``; ``curves.json`` {run: {config: {model, variant},
+diverged_at_step, val: {step, loss}}}.
 """
 
 from __future__ import annotations
 
-from paper.files import get, read_json
-from paper.grid import (NO_LOSS_SCALE, cells, check_runs, column_label, columns, grid_table,
-                        plot_curves, settings_text)
+from paper.files import ResultError, get, numbers, read_json
+from paper.grid import Curve, grid_table, plot_curves, settings_text
 from paper.markdown import caption, figure
 from paper.section import Context, Section
+from paper.sections.charlm import samples
 from paper.stats import compared, difference, judge_not_worse
 
 KEY, TITLE = "bert", "BERT pre-training"
-EXTRA_KEYS = {"val_loss": float, "size": str, "val_accuracy": float}
-BASELINE = ("fp32", "standard", NO_LOSS_SCALE)
+SPLIT = "val"
+TABLE_KEYS = {"model": str, "variant": str, "split": str, "values": list, "diverged": int, "runs": int,
+              "ci95": float, "ci_kind": (str, type(None))}
+OPTION_KEYS = {"precision": str, "loss_scale": str, "unit_scaled": bool}
 # The paper's finding (docs/reference/unit_scaling_rules.md): unit-scaled FP16 and FP8 match the FP32
-# and loss-scaled baselines with no loss scaling. Each unit-scaled low-precision column is compared
-# with the FP32 standard baseline.
+# and loss-scaled baselines with no loss scaling. Each unit-scaled low-precision variant without loss
+# scaling is compared with the FP32 standard baseline.
 CLAIM = "unit-scaled FP16 and FP8 without loss scaling match the FP32 baseline"
+BASELINE = ("fp32", False, "none")
 
 
 def load(ctx: Context) -> dict:
     base = ctx.results / "bert"
-    path = base / "summary.json"
+    path = base / "results.json"
     data = read_json(path)
-    runs = get(data, "runs", path, list)
-    check_runs(runs, path, EXTRA_KEYS)
-    return {"runs": runs, "settings": get(data, "settings", path, dict),
-            "command": get(data, "command", path, str), "base": base}
+    variants = get(data, "variants", path, dict)
+    for name in variants:
+        get(variants, f"{name}.label", path, str)
+        for key, kind in OPTION_KEYS.items():
+            get(variants, f"{name}.options.{key}", path, kind)
+    rows = [r for r in get(data, "table", path, list) if isinstance(r, dict) and r.get("split") == SPLIT]
+    if not rows:
+        raise ResultError(path, f"'table' has no {SPLIT!r} rows")
+    for i, row in enumerate(rows):
+        for key, kind in TABLE_KEYS.items():
+            get(row, key, f"{path} ({SPLIT} table row {i})", kind)
+        row["values"] = numbers(row["values"], "values", f"{path} ({SPLIT} table row {i})")
+        if row["variant"] not in variants:
+            raise ResultError(path, f"{SPLIT} table row {i} names an undescribed variant {row['variant']!r}")
+    return {"variants": variants, "rows": rows, "profile": get(data, "profile", path, str),
+            "settings": get(data, "settings", path, dict), "problems": get(data, "problems", path, list),
+            "command": get(data, "command", path, str, None), "curves": load_curves(base / "curves.json"),
+            "base": base}
 
 
-def size(run: dict) -> str:
-    return f"BERT {run['size']}"
-
-
-def findings(samples: dict, sizes: list[str], cols: list) -> list[dict]:
+def load_curves(path) -> list[Curve]:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ResultError(path, "must hold a JSON object of runs")
     out = []
-    for s in sizes:
-        for c in cols:
-            if c[1] != "unit-scaled" or c[0] == "fp32" or c[2] != NO_LOSS_SCALE:
+    for name, run in data.items():
+        where = f"{path} ({name})"
+        steps = numbers(get(run, "val.step", where, list), "val.step", where)
+        loss = get(run, "val.loss", where, list)
+        if len(steps) != len(loss):
+            raise ResultError(where, f"val.step and val.loss differ in length ({len(steps)} vs {len(loss)})")
+        out.append((get(run, "config.model", where, str),
+                    Curve(get(run, "config.variant", where, str), tuple(steps),
+                          tuple(numbers(loss, "val.loss", where)),
+                          get(run, "diverged_at_step", where, (int, type(None))))))
+    return out
+
+
+def findings(cells: dict, models: list[str], variants: dict) -> list[dict]:
+    key = lambda o: (o["precision"], o["unit_scaled"], o["loss_scale"])  # noqa: E731
+    baseline = next((n for n, v in variants.items() if key(v["options"]) == BASELINE), None)
+    out = []
+    for m in models:
+        for name, v in variants.items():
+            o = v["options"]
+            if not o["unit_scaled"] or o["precision"] == "fp32" or o["loss_scale"] != "none":
                 continue
-            if (s, c) not in samples or (s, BASELINE) not in samples:
+            if (m, name) not in cells or (m, baseline) not in cells:
                 continue
-            d = difference(samples[(s, c)], samples[(s, BASELINE)])
-            text = (f"{s}: {column_label(c)} is {compared(d, 'nats', 'worse', 'better')} than "
-                    f"{column_label(BASELINE)} in validation MLM loss")
-            out.append({"finding": "bert-unit-matches", "claim": CLAIM, "variant": s,
+            d = difference(cells[(m, name)], cells[(m, baseline)])
+            text = (f"{m}, validation MLM loss of {v['label']} against {variants[baseline]['label']}: "
+                    f"{compared(d, 'nats', 'worse', 'better')}")
+            out.append({"finding": "bert-unit-matches", "claim": CLAIM, "variant": m,
                         "outcome": judge_not_worse(d), "difference": d.estimate, "low": d.low,
                         "high": d.high, "text": text})
     return out
@@ -61,34 +94,39 @@ def findings(samples: dict, sizes: list[str], cols: list) -> list[dict]:
 
 def render(ctx: Context, data: dict) -> Section:
     """The section from the checked ``data`` of :func:`load`."""
-    runs = data["runs"]
-    sizes = sorted({size(r) for r in runs})
-    cols = columns(runs)
-    loss, accuracy = cells(runs, size, "val_loss"), cells(runs, size, "val_accuracy")
+    variants, rows = data["variants"], data["rows"]
+    cells, absent = samples(rows, lambda r: (r["model"], r["variant"]))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cols = [v for v in variants if any(r["variant"] == v for r in rows)]
+    labels = {v: variants[v]["label"] for v in cols}
+    chosen = models[-1]
     ctx.figures.mkdir(parents=True, exist_ok=True)
-    plot_curves([r for r in runs if size(r) == sizes[-1]], "validation MLM loss (nats)", sizes[-1],
-                ctx.figures / "bert_curves.png")
-    judged = findings(loss, sizes, cols)
-    body = "\n\n".join([
-        "BERT models are pre-trained with the masked-language-model objective in each precision and "
-        "parametrisation, without loss scaling unless a column says so. The original paper "
-        "pre-trains BERT-Base and BERT-Large and fine-tunes on SQuAD; we compare pre-training loss "
-        "only, at a far smaller budget.",
-        caption("Table 2", "Validation masked-LM loss (nats per masked token), mean ± 95% CI over "
-                f"seeds. Source: `{ctx.rel(data['base'] / 'summary.json')}`.", ctx.quick),
-        grid_table(loss, sizes, cols, "model"),
-        caption("Table 2b", "Validation masked-token accuracy, mean ± 95% CI over seeds.", ctx.quick),
-        grid_table(accuracy, sizes, cols, "model"),
+    plot_curves([c for m, c in data["curves"] if m == chosen and c.column in labels], labels,
+                "validation MLM loss (nats)", chosen, ctx.figures / "bert_curves.png")
+    judged = findings(cells, models, variants)
+    body = [
+        "BERT models are pre-trained with the masked-language-model objective in each variant, "
+        "without loss scaling unless its name says so. The original paper pre-trains BERT-Base and "
+        "BERT-Large and fine-tunes on SQuAD; we compare pre-training loss only, at a far smaller "
+        "budget.",
+        caption("Table 2", "Validation masked-LM loss (nats per masked token), mean ± 95% CI over seeds "
+                "(a single run: its evaluation CI); diverged runs are left out of the mean. Source: "
+                f"`{ctx.rel(data['base'] / 'results.json')}`.", ctx.quick),
+        grid_table(cells, models, cols, labels, "model", None, absent),
         figure(ctx.link("bert_curves.png"), "BERT validation curves", "Figure 1b",
-               f"Validation MLM loss during training, {sizes[-1]}, every run.", ctx.quick),
+               f"Validation MLM loss during training, {chosen}, every run.", ctx.quick),
         f"The paper's finding that {CLAIM}, judged on these numbers (no equivalence margin: "
         "\"consistent\" means the 95% interval of the difference contains 0):\n\n"
         + "\n".join(f"- **{f['outcome']}**: {f['text']}." for f in judged),
-    ])
-    facts = {"findings": judged, "quick": "--quick" in data["command"]}
-    setup = (f"BERT (`{ctx.rel(data['base'])}`): {settings_text(data['settings'])}; "
-             f"`{data['command']}`.",)
-    return Section(KEY, TITLE, body, setup, facts)
+    ]
+    if data["problems"]:
+        body.insert(0, f"> **INCOMPLETE RUNS.** {len(data['problems'])} run(s) have no result; see "
+                    "`problems` in the source file.")
+    setup = (f"BERT (`{ctx.rel(data['base'])}`, profile {data['profile']}"
+             + (f", `{data['command']}`" if data["command"] else "")
+             + f"): {settings_text(data['settings'])}.",)
+    facts = {"findings": judged, "quick": data["profile"] == "quick"}
+    return Section(KEY, TITLE, "\n\n".join(body), setup, facts)
 
 
 def build(ctx: Context) -> Section:

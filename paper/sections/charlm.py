@@ -1,101 +1,173 @@
-"""Character-level language models: bits per character by model variant and by precision x
-parametrisation, beside the original paper's numbers (``results/charlm/``, made by
-``python -m experiments.charlm``).
+"""Character-level language models: test bits per character by model (sequence layer x norm
+placement) and by variant (precision x parametrisation x loss scaling), beside the original
+paper's numbers (``results/charlm/``, made by ``python -m experiments.charlm``).
 
-Reads ``summary.json``::
-
-    {"command": "python -m experiments.charlm ...",
-     "settings": {...},             # what every run shares (data, sizes, steps, optimiser, ...)
-     "runs": [{"mixer": "attention", "norm": "pre", "precision": "fp16",
-               "parametrisation": "standard" | "unit-scaled", "loss_scale": "none" | "2048" | ...,
-               "seed": 0, "test_bpc": 1.62 (NaN if diverged), "diverged": false,
-               "curve": [[step, validation bpc], ...]}, ...]}
-
-Each cell of Table 1 is the mean over seeds with a 95% t-interval (paper.stats).
+Reads ``results.json`` (``profile``, ``settings``, ``variants`` {name: {label, options}},
+``learning_rates``, ``table`` rows per (mixer, norm, variant, split) with the completed runs'
+``values``, ``diverged`` count and ``ci95`` / ``ci_kind``, and ``problems``) and ``curves.json``
+(per run: ``config``, ``status``, ``diverged_at_step``, ``val`` {step, bits}). The schema is the
+one ``experiments.charlm.write_outputs`` documents.
 """
 
 from __future__ import annotations
 
 from paper import reference
-from paper.files import get, read_json
-from paper.grid import cells, check_runs, column_label, columns, grid_table, plot_curves, settings_text
+from paper.files import ResultError, get, numbers, read_json
+from paper.grid import Curve, grid_table, plot_curves, settings_text
 from paper.markdown import caption, figure
 from paper.section import Context, Section
-from paper.stats import compared, difference, judge_higher, judge_matches
+from paper.stats import Sample, compared, difference, judge_higher, judge_matches
 
 KEY, TITLE = "charlm", "Character-level language models"
-EXTRA_KEYS = {"test_bpc": float, "mixer": str, "norm": str}
-
-
-def variant(run: dict) -> str:
-    return f"{run['mixer']} {run['norm']}-norm"
+SPLIT = "test"
+TABLE_KEYS = {"mixer": str, "norm": str, "variant": str, "split": str, "values": list, "diverged": int,
+              "runs": int, "ci95": float, "ci_kind": (str, type(None))}
+OPTION_KEYS = {"precision": str, "loss_scale": str, "unit_scaled": bool}
+# Beyond the paper's findings (paper.reference.FINDINGS): the same questions for FP8 with no scaling.
+EXTENSIONS = (
+    ("fp8-standard-degrades", "FP8 standard without any scaling degrades against FP32 standard",
+     ("fp8", "standard", "none"), ("fp32", "standard", "none"), "higher"),
+    ("unit-fp8-matches", "unit-scaled FP8 without any scaling matches FP32 standard",
+     ("fp8", "unit-scaled", "none"), ("fp32", "standard", "none"), "matches"),
+)
 
 
 def load(ctx: Context) -> dict:
     base = ctx.results / "charlm"
-    path = base / "summary.json"
+    path = base / "results.json"
     data = read_json(path)
-    runs = get(data, "runs", path, list)
-    check_runs(runs, path, EXTRA_KEYS)
-    return {"runs": runs, "settings": get(data, "settings", path, dict),
-            "command": get(data, "command", path, str), "base": base}
+    variants = get(data, "variants", path, dict)
+    for name in variants:
+        get(variants, f"{name}.label", path, str)
+        for key, kind in OPTION_KEYS.items():
+            get(variants, f"{name}.options.{key}", path, kind)
+    rows = [r for r in get(data, "table", path, list) if isinstance(r, dict) and r.get("split") == SPLIT]
+    if not rows:
+        raise ResultError(path, f"'table' has no {SPLIT!r} rows")
+    for i, row in enumerate(rows):
+        for key, kind in TABLE_KEYS.items():
+            get(row, key, f"{path} ({SPLIT} table row {i})", kind)
+        row["values"] = numbers(row["values"], "values", f"{path} ({SPLIT} table row {i})")
+        if row["variant"] not in variants:
+            raise ResultError(path, f"{SPLIT} table row {i} names variant {row['variant']!r}, "
+                                    "which 'variants' does not describe")
+    return {"variants": variants, "rows": rows, "profile": get(data, "profile", path, str),
+            "settings": get(data, "settings", path, dict),
+            "learning_rates": get(data, "learning_rates", path, dict),
+            "problems": get(data, "problems", path, list), "command": get(data, "command", path, str, None),
+            "curves": load_curves(base / "curves.json"), "base": base}
 
 
-def findings(samples: dict, variants: list[str]) -> list[dict]:
-    """Each finding of the paper, judged per model variant that has both columns."""
+def load_curves(path) -> list[dict]:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ResultError(path, "must hold a JSON object of runs")
     out = []
-    for key, claim, a, b, kind in reference.FINDINGS:
-        for v in variants:
-            if (v, a) not in samples or (v, b) not in samples:
+    for name, run in data.items():
+        where = f"{path} ({name})"
+        config = get(run, "config", where, dict)
+        steps = numbers(get(run, "val.step", where, list), "val.step", where)
+        bits = get(run, "val.bits", where, list)
+        if len(steps) != len(bits):
+            raise ResultError(where, f"val.step and val.bits differ in length ({len(steps)} vs {len(bits)})")
+        out.append({"mixer": get(config, "mixer", where, str), "norm": get(config, "norm", where, str),
+                    "variant": get(config, "variant", where, str), "steps": steps,
+                    "bits": numbers(bits, "val.bits", where),
+                    "diverged_at": get(run, "diverged_at_step", where, (int, type(None)))})
+    return out
+
+
+def model_name(mixer: str, norm: str) -> str:
+    return f"{mixer} {norm}-norm"
+
+
+def column_of(options: dict) -> tuple[str, str, str]:
+    """A variant's (precision, parametrisation, loss scaling), the key of the reference table."""
+    return (options["precision"], "unit-scaled" if options["unit_scaled"] else "standard",
+            options["loss_scale"])
+
+
+def samples(rows: list[dict], key) -> tuple[dict[tuple, Sample], dict[tuple, str]]:
+    """``key(row)`` -> Sample of the completed runs' values (a single run keeps its own evaluation
+    CI); and the cells whose runs all failed or are missing, with a note saying so."""
+    cells, absent = {}, {}
+    for r in rows:
+        if r["values"] or r["diverged"]:
+            cells[key(r)] = Sample.of(r["values"], r["diverged"],
+                                      r["ci95"] if r["ci_kind"] == "tokens" else None)
+        else:
+            absent[key(r)] = f"no result ({r['runs']} run(s) failed or missing)"
+    return cells, absent
+
+
+def findings(cells: dict, models: list[str], variants: dict) -> list[dict]:
+    """Each finding (the paper's, then ours), judged per model that has both columns."""
+    by_column = {column_of(v["options"]): name for name, v in variants.items()}
+    out = []
+    for key, claim, a, b, kind in reference.FINDINGS + EXTENSIONS:
+        va, vb = by_column.get(a), by_column.get(b)
+        for m in models:
+            if (m, va) not in cells or (m, vb) not in cells:
                 continue
-            d = difference(samples[(v, a)], samples[(v, b)])
-            outcome = (judge_higher(d) if kind == "higher" else
-                       judge_matches(d, reference.CI_HALF_WIDTH))
-            text = (f"{v}: {column_label(a)} is {compared(d, 'bpc', 'worse', 'better')} than "
-                    f"{column_label(b)}")
-            paper = [reference.BPC.get((v, c)) for c in (a, b)]
+            d = difference(cells[(m, va)], cells[(m, vb)])
+            outcome = judge_higher(d) if kind == "higher" else judge_matches(d, reference.CI_HALF_WIDTH)
+            text = (f"{m}, {variants[va]['label']} against {variants[vb]['label']}: "
+                    f"{compared(d, 'bpc', 'worse', 'better')}")
+            paper = [reference.BPC.get((m, c)) for c in (a, b)]
             if None not in paper:
                 text += f" (paper: {paper[0] - paper[1]:+.3f} bpc)"
-            out.append({"finding": key, "claim": claim, "variant": v, "outcome": outcome,
+            out.append({"finding": key, "claim": claim, "variant": m, "outcome": outcome,
+                        "source": "paper" if (key, claim, a, b, kind) in reference.FINDINGS else "extension",
                         "difference": d.estimate, "low": d.low, "high": d.high, "text": text})
     return out
 
 
 def render(ctx: Context, data: dict) -> Section:
     """The section from the checked ``data`` of :func:`load`."""
-    runs = data["runs"]
-    samples = cells(runs, variant, "test_bpc")
-    variants = sorted({variant(r) for r in runs}, key=lambda v: (not v.startswith("attention"), v))
-    cols = columns(runs)
-    chosen = "attention pre-norm" if "attention pre-norm" in variants else variants[0]
+    variants, rows = data["variants"], data["rows"]
+    cells, absent = samples(rows, lambda r: (model_name(r["mixer"], r["norm"]), r["variant"]))
+    models = list(dict.fromkeys(model_name(r["mixer"], r["norm"]) for r in rows))
+    cols = [v for v in variants if any(r["variant"] == v for r in rows)]
+    labels = {v: variants[v]["label"] for v in cols}
+    ref = {(m, name): reference.BPC[(m, column_of(variants[name]["options"]))] for m in models
+           for name in cols if (m, column_of(variants[name]["options"])) in reference.BPC}
+    chosen = "attention pre-norm" if "attention pre-norm" in models else models[0]
+    curves = [Curve(c["variant"], tuple(c["steps"]), tuple(c["bits"]), c["diverged_at"])
+              for c in data["curves"] if model_name(c["mixer"], c["norm"]) == chosen and c["variant"] in labels]
     ctx.figures.mkdir(parents=True, exist_ok=True)
-    plot_curves([r for r in runs if variant(r) == chosen], "validation bits per character", chosen,
-                ctx.figures / "charlm_curves.png")
-    judged = findings(samples, variants)
-    seeds = sorted({r["seed"] for r in runs})
-    body = "\n\n".join([
-        "We train small character-level language models with each sequence layer and norm placement "
-        "in each precision and parametrisation, without loss scaling unless a column says so, and "
-        f"report the test bits per character (bpc) of the final model over seeds {seeds}. The original "
-        f"paper's numbers ({reference.CITATION}; {reference.SETUP}) stand under ours where it "
-        "reports the same cell; its models, data and budget are larger, so absolute values are not "
-        "comparable, only the differences between columns.",
-        caption("Table 1", "Test bits per character, mean ± 95% CI half-width over seeds (n runs; "
-                "\"diverged (k/n)\": k runs went non-finite). Source: "
-                f"`{ctx.rel(data['base'] / 'summary.json')}`.", ctx.quick),
-        grid_table(samples, variants, cols, "model", reference.BPC),
+    plot_curves(curves, labels, "validation bits per character", chosen, ctx.figures / "charlm_curves.png")
+    judged = findings(cells, models, variants)
+    body = [
+        "Causal character-level language models are trained with each sequence layer and norm "
+        "placement in each variant (precision, parametrisation, loss scaling or FP8 scaling recipe) "
+        "and evaluated on the test split in bits per character (bpc). The original paper's numbers "
+        f"({reference.CITATION}; {reference.SETUP}) stand in brackets where it reports the same cell; "
+        "its models, data and budget are larger, so absolute values are not comparable, only the "
+        "differences between columns.",
+        caption("Table 1", "Test bits per character: mean ± 95% CI over seeds (n completed runs); a "
+                "cell of one run shows that run's CI from its evaluation windows (test-set noise only); "
+                "\"diverged\": runs whose loss went non-finite, left out of the mean. The paper's "
+                "static loss scale is 2048. Source: "
+                f"`{ctx.rel(data['base'] / 'results.json')}`.", ctx.quick),
+        grid_table(cells, models, cols, labels, "model", ref, absent),
         figure(ctx.link("charlm_curves.png"), "validation curves", "Figure 1",
                f"Validation bits per character during training, {chosen}, every run (one colour per "
                "column of Table 1).", ctx.quick),
-        "The paper's findings, judged on these numbers (a \"matches\" finding counts as reproduced "
-        f"when the whole 95% interval of the difference lies within ±{reference.CI_HALF_WIDTH} bpc, "
-        "the paper's own CI):\n\n" + "\n".join(f"- **{f['outcome']}**: {f['text']}." for f in judged),
-    ])
-    facts = {"findings": judged, "variants": variants, "columns": [column_label(c) for c in cols],
-             "quick": "--quick" in data["command"]}
-    setup = (f"Character-level LMs (`{ctx.rel(data['base'])}`): {settings_text(data['settings'])}; "
-             f"`{data['command']}`.",)
-    return Section(KEY, TITLE, body, setup, facts)
+        "Findings, judged on these numbers (a \"matches\" finding counts as reproduced when the whole "
+        f"95% interval of the difference lies within ±{reference.CI_HALF_WIDTH} bpc, the paper's own "
+        "CI; the FP8 rows extend the paper's FP16 findings):\n\n"
+        + "\n".join(f"- **{f['outcome']}**: {f['text']}." for f in judged),
+    ]
+    if data["problems"]:
+        body.insert(0, f"> **INCOMPLETE RUNS.** {len(data['problems'])} run(s) of the grid have no "
+                    "result (missing, failed or malformed); their cells are short of seeds or empty. "
+                    "See `problems` in the source file.")
+    rates = ", ".join(f"{k} {v:g}" for k, v in data["learning_rates"].items())
+    setup = (f"Character-level LMs (`{ctx.rel(data['base'])}`, profile {data['profile']}"
+             + (f", `{data['command']}`" if data["command"] else "") + f"): "
+             f"{settings_text(data['settings'])}; peak learning rates {rates} (chosen by an FP32 sweep).",)
+    facts = {"findings": judged, "quick": data["profile"] == "quick"}
+    return Section(KEY, TITLE, "\n\n".join(body), setup, facts)
 
 
 def build(ctx: Context) -> Section:

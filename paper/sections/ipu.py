@@ -36,8 +36,11 @@ def load(ctx: Context) -> dict:
                 raise ResultError(path, f"comparisons[{i}] ({c['model']} on {c['system']}) has no {p} row")
     if not (base / "ipu_table.png").is_file():
         raise ResultError(base / "ipu_table.png", "missing (no such file)")
+    for i, r in enumerate(rows):
+        get(r, "out_of_memory", f"{path} (rows[{i}])", (str, type(None)), None)
     return {"rows": rows, "comparisons": comparisons, "quick": get(data, "quick", path, bool),
-            "command": get(data, "command", path, str), "base": base}
+            "command": get(data, "command", path, str), "base": base,
+            "assumption": get(data, "c600_x8_assumption", path, str, None)}
 
 
 def render(ctx: Context, data: dict) -> Section:
@@ -68,6 +71,14 @@ def render(ctx: Context, data: dict) -> Section:
         "Configurations (from the published recipes of the reference where they exist, else the "
         "model's automatic pipeline balancer):\n\n" + "\n".join(f"- {s}" for s in sources),
     ])
+    misfits = [f"{r['model']} on {r['system']}, {r['precision'].upper()}: "
+               + (r.get("out_of_memory") or "does not fit").splitlines()[0]
+               for r in rows if not r["fits"]]
+    if misfits:
+        body += ("\n\nRows that do not fit in tile memory (their throughput is what the model "
+                 "predicts if they did), with the fullest tile:\n\n" + "\n".join(f"- {m}" for m in misfits))
+    if data["assumption"]:
+        body += f"\n\nThe C600 system is an assumption of this table: {data['assumption']}."
     facts = {"comparisons": comparisons, "systems": systems, "quick": data["quick"]}
     setup = (f"IPU table (`{ctx.rel(data['base'])}`): {len(comparisons)} model/system pairs on "
              f"{', '.join(systems)}; `{data['command']}`.",)

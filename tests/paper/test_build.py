@@ -24,35 +24,54 @@ from paper.sections import EXPERIMENTS  # noqa: E402
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f"
        b"\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00\x00"
        b"\x00IEND\xaeB`\x82")
-# Test-set BPC per (precision, parametrisation, loss scale) and seed: FP16 standard clearly worse,
-# unit-scaled FP16 within 0.002 of FP32.
-CHARLM_BPC = {("fp32", "standard", "none"): [1.600, 1.602, 1.604],
-              ("fp32", "unit-scaled", "none"): [1.590, 1.591, 1.592],
-              ("fp16", "standard", "none"): [1.900, 1.910, 1.920],
-              ("fp16", "unit-scaled", "none"): [1.601, 1.602, 1.603]}
-BERT_LOSS = {("fp32", "standard", "none"): [2.50, 2.52], ("fp8", "unit-scaled", "none"): [2.51, 2.53]}
+# Test-set BPC per variant and seed: FP16 standard clearly worse, unit-scaled FP16 within 0.002 of
+# FP32, FP8 standard diverged in every run.
+VARIANTS = {"fp32-standard": ("FP32 standard", "fp32", "none", False),
+            "fp32-unit": ("FP32 unit-scaled", "fp32", "none", True),
+            "fp16-standard": ("FP16 standard, no loss scaling", "fp16", "none", False),
+            "fp16-unit": ("FP16 unit-scaled, no loss scaling", "fp16", "none", True),
+            "fp8-standard": ("FP8 standard, no scaling", "fp8", "none", False)}
+CHARLM_BPC = {"fp32-standard": [1.600, 1.602, 1.604], "fp32-unit": [1.590, 1.591, 1.592],
+              "fp16-standard": [1.900, 1.910, 1.920], "fp16-unit": [1.601, 1.602, 1.603], "fp8-standard": []}
+BERT_LOSS = {"fp32-standard": [2.50, 2.52], "fp16-unit": [2.51, 2.53]}
 
 
-def _curve(end):
-    return [[0, 4.0], [50, 2.5], [100, end]]
+def _variants(names):
+    return {n: {"label": VARIANTS[n][0], "options": dict(precision=VARIANTS[n][1], loss_scale=VARIANTS[n][2],
+                                                         unit_scaled=VARIANTS[n][3])} for n in names}
+
+
+def _row(values, **where):
+    return dict(where, values=values, diverged=3 - len(values) if not values else 0, runs=max(len(values), 3),
+                ci95=0.01, ci_kind="seeds" if len(values) > 1 else None, completed=len(values))
+
+
+def _curves(cells, **config):
+    return {f"{v}/seed={s}": {"config": dict(config, variant=v, seed=s), "status": "completed",
+                              "diverged_at_step": None if values else 50,
+                              "val": {"step": [0, 50, 100], "bits": [6.0, 3.0, values[s] if values else None],
+                                      "loss": [4.0, 3.0, 2.5]}}
+            for v, values in cells.items() for s in range(max(len(values), 1))}
 
 
 def _charlm(root: Path):
-    runs = [dict(mixer="attention", norm="pre", precision=p, parametrisation=u, loss_scale=ls, seed=s,
-                 test_bpc=v, diverged=False, curve=_curve(v))
-            for (p, u, ls), values in CHARLM_BPC.items() for s, v in enumerate(values)]
-    runs.append(dict(mixer="conv", norm="post", precision="fp16", parametrisation="standard",
-                     loss_scale="none", seed=0, test_bpc=math.nan, diverged=True, curve=[[0, 4.0]]))
-    _json(root / "charlm" / "summary.json",
-          {"command": "python -m experiments.charlm", "settings": {"steps": 100, "d_model": 32}, "runs": runs})
+    table = [_row(values, mixer="attention", norm="pre", variant=v, split=split)
+             for v, values in CHARLM_BPC.items() for split in ("val", "test")]
+    table.append(_row([1.7], mixer="conv", norm="post", variant="fp16-standard", split="test"))
+    table[-1].update(ci95=0.02, ci_kind="tokens")
+    _json(root / "charlm" / "results.json",
+          {"experiment": "charlm", "profile": "full", "settings": {"steps": 100, "d_model": 32},
+           "variants": _variants(CHARLM_BPC), "learning_rates": {"standard": 0.003, "unit": 0.03},
+           "table": table, "problems": [], "runs": []})
+    _json(root / "charlm" / "curves.json", _curves(CHARLM_BPC, mixer="attention", norm="pre"))
 
 
 def _bert(root: Path):
-    runs = [dict(size="tiny", precision=p, parametrisation=u, loss_scale=ls, seed=s, val_loss=v,
-                 val_accuracy=0.4, diverged=False, curve=_curve(v))
-            for (p, u, ls), values in BERT_LOSS.items() for s, v in enumerate(values)]
-    _json(root / "bert" / "summary.json",
-          {"command": "python -m experiments.bert", "settings": {"steps": 50}, "runs": runs})
+    table = [_row(values, model="BERT tiny", variant=v, split="val") for v, values in BERT_LOSS.items()]
+    _json(root / "bert" / "results.json",
+          {"profile": "full", "settings": {"steps": 50}, "variants": _variants(BERT_LOSS), "table": table,
+           "problems": []})
+    _json(root / "bert" / "curves.json", _curves(BERT_LOSS, model="BERT tiny"))
 
 
 def _umup(root: Path):
@@ -146,23 +165,26 @@ def test_complete_results_give_every_section_and_no_missing_box(complete):
 
 def test_tables_hold_the_fixture_numbers(complete):
     _, _, text = complete
-    fp16 = stats.Sample.of(CHARLM_BPC[("fp16", "standard", "none")])
-    assert f"| {fp16.text()} (n=3) |" in text or f"{fp16.text()} (n=3)" in text
-    assert "1.902 ± " not in text and fp16.text().startswith("1.910 ± ")
-    assert "[paper 1.661]" in text and "diverged (1/1)" in text
+    fp16 = stats.Sample.of(CHARLM_BPC["fp16-standard"])
+    assert f"| {fp16.text()} [paper 1.661] |" in text and fp16.text().startswith("1.910 ± ")
+    assert "| diverged (3/3) |" in text and "| 1.700 ± 0.020 (n=1) |" in text
     assert "12,345.6" in text and "18,518.4" in text and "1.50" in text  # IPU table
     assert "7.25 / 3.62 / 14.50" in text and "0.75 / 0.38 / 1.50" in text and "31 / 1" in text  # scales
     assert f"{2 ** -1.75:.3g} (-1.75) / 2.000" in text  # u-muP optimum at width 64
     assert "steps 100" in text and "python -m experiments.umup" in text  # setup from the configs
+    assert "standard 0.003, unit 0.03" in text
 
 
 def test_discussion_words_follow_the_intervals(complete):
     _, _, text = complete
     discussion = text[text.index(". Discussion"):]
-    d = stats.difference(stats.Sample.of(CHARLM_BPC[("fp16", "standard", "none")]),
-                         stats.Sample.of(CHARLM_BPC[("fp32", "standard", "none")]))
+    d = stats.difference(stats.Sample.of(CHARLM_BPC["fp16-standard"]), stats.Sample.of(CHARLM_BPC["fp32-standard"]))
     assert d.low > 0
-    assert f"{d.estimate:.3f} bpc worse (95% CI [{d.low:+.3f}, {d.high:+.3f}])" in discussion
+    assert f"**reproduced**: attention pre-norm, FP16 standard, no loss scaling against FP32 standard: " \
+           f"{d.estimate:.3f} bpc worse (95% CI [{d.low:+.3f}, {d.high:+.3f}] over seeds) (paper: +0.079 bpc)" in text
+    assert "FP8 standard, no scaling against FP32 standard: worse: every run diverged" in discussion
+    assert "FP16 unit-scaled, no loss scaling against FP32 unit-scaled: 0.011 bpc worse" in discussion
+    assert "[inconclusive]" in discussion
     assert "sit closer to unit scale" in discussion and "0.75 against 7.25" in discussion
     assert "u-μP fp32: the optimum moves 0.00 binades" in discussion and "within one grid step" in discussion
     assert "SP fp32: the optimum moves 3.00 binades" in discussion and "more than one grid step" in discussion
@@ -182,15 +204,16 @@ def test_missing_result_file_fails_naming_the_file(tmp_path, module, capsys):
 
 
 @pytest.mark.parametrize("damage, problem", [
-    (lambda d: "{\"runs\": [", "malformed JSON"),
-    (lambda d: json.dumps({**d, "runs": "many"}), "'runs' must be a list, got a string"),
-    (lambda d: json.dumps({k: v for k, v in d.items() if k != "command"}), "missing key 'command'"),
-    (lambda d: json.dumps({**d, "runs": [{**d["runs"][0], "test_bpc": "low"}]}), "'test_bpc' must be a number"),
-    (lambda d: json.dumps({**d, "runs": [{**d["runs"][0], "test_bpc": float("nan")}]}), "not marked diverged"),
-], ids=["truncated", "wrong-type", "missing-key", "bad-number", "nan-not-diverged"])
+    (lambda d: "{\"table\": [", "malformed JSON"),
+    (lambda d: json.dumps({**d, "table": "many"}), "'table' must be a list, got a string"),
+    (lambda d: json.dumps({k: v for k, v in d.items() if k != "profile"}), "missing key 'profile'"),
+    (lambda d: json.dumps({**d, "table": [{**d["table"][1], "ci95": "low"}]}), "'ci95' must be a number"),
+    (lambda d: json.dumps({**d, "table": [{**d["table"][1], "values": [1.5, "x"]}]}), "values[1] must be a number"),
+    (lambda d: json.dumps({**d, "table": [{**d["table"][1], "variant": "fp4"}]}), "'fp4', which 'variants' does not"),
+], ids=["truncated", "wrong-type", "missing-key", "bad-number", "bad-value", "unknown-variant"])
 def test_malformed_result_file_fails_naming_file_and_problem(tmp_path, damage, problem, capsys):
     results = make_results(tmp_path / "results")
-    path = results / "charlm" / "summary.json"
+    path = results / "charlm" / "results.json"
     path.write_text(damage(json.loads(path.read_text())))
     assert run(results, tmp_path / "paper.md") == 1
     err = capsys.readouterr().err
@@ -208,7 +231,7 @@ def test_malformed_csv_fails_naming_line(tmp_path, capsys):
 
 def test_every_problem_is_reported_at_once(tmp_path, capsys):
     results = make_results(tmp_path / "results")
-    (results / "bert" / "summary.json").unlink()
+    (results / "bert" / "results.json").unlink()
     (results / "umup" / "runs.csv").write_text("width\n1\n")
     assert run(results, tmp_path / "paper.md", "--allow-missing", "charlm") == 1
     err = capsys.readouterr().err
@@ -228,12 +251,12 @@ def test_failed_build_keeps_the_previous_paper(tmp_path):
 
 def test_allow_missing_puts_a_visible_box_in_that_section_only(tmp_path):
     results = make_results(tmp_path / "results")
-    (results / "bert" / "summary.json").unlink()
+    (results / "bert" / "results.json").unlink()
     out = tmp_path / "paper.md"
     assert run(results, out, "--allow-missing", "bert") == 0
     text = out.read_text()
     bert_section = text[text.index(". BERT pre-training"):text.index(". Scale analysis")]
-    assert "MISSING RESULTS" in bert_section and "bert/summary.json" in bert_section
+    assert "MISSING RESULTS" in bert_section and "bert/results.json" in bert_section
     assert text.count("MISSING RESULTS") == 1 and "INCOMPLETE: results missing for bert" in text
     assert "BERT pre-training: **results missing**" in text
 
@@ -269,8 +292,25 @@ def test_quick_with_an_absent_script_fails_or_boxes(tmp_path, monkeypatch):
     monkeypatch.setattr(paper_build, "QUICK_COMMANDS", {"bert": ["experiments.no_such_script", "--quick"]})
     with pytest.raises(paper_build.BuildError, match="experiments.no_such_script does not exist"):
         paper_build.run_quick(tmp_path, set(), log=lambda s: None)
-    unavailable = paper_build.run_quick(tmp_path, {"bert"}, log=lambda s: None)
-    assert "does not exist" in unavailable["bert"]
+    unavailable, failed = paper_build.run_quick(tmp_path, {"bert"}, log=lambda s: None)
+    assert "does not exist" in unavailable["bert"] and not failed
+    results = make_results(tmp_path / "results")
+    out = tmp_path / "paper.md"
+    paper_build.build(results, out, quick=True, allow_missing={"bert"}, command="test", unavailable=unavailable)
+    text = out.read_text()
+    assert "MISSING RESULTS" in text and "experiments.no_such_script does not exist" in text
+
+
+def test_a_failed_quick_script_is_flagged_or_named_in_the_error(tmp_path):
+    results = make_results(tmp_path / "results")
+    failed = {"ipu": "python -m experiments.ipu --quick exited with status 1:\nboom"}
+    out = tmp_path / "paper.md"
+    paper_build.build(results, out, quick=True, allow_missing=set(), command="test", failed=failed)
+    ipu = out.read_text().split(". What FP8 buys")[1]
+    assert "SCRIPT FAILED" in ipu and "> boom" in ipu
+    (results / "ipu" / "ipu_table.json").unlink()
+    with pytest.raises(paper_build.BuildError, match=r"(?s)ipu_table.json: missing.*quick script failed.*boom"):
+        paper_build.build(results, out, quick=True, allow_missing=set(), command="test", failed=failed)
 
 
 def test_get_names_key_and_type():
@@ -292,7 +332,7 @@ def test_comparison_wording_never_exceeds_the_interval(a, b):
     if len(a) < 2 or len(b) < 2:
         assert not d.has_interval and "no confidence interval" in text
     elif d.low <= 0 <= d.high:
-        assert text.startswith("indistinguishable") and stats.judge_higher(d) == stats.NOT_REPRODUCED
+        assert text.startswith("indistinguishable: ") and stats.judge_higher(d) == stats.NOT_REPRODUCED
     else:
         word = "worse" if d.low > 0 else "better"
         assert f" bpc {word} (95% CI" in text
@@ -305,4 +345,14 @@ def test_sample_interval_is_student_t():
     s = stats.Sample.of([1.0, 2.0, 3.0])
     assert s.mean == 2.0 and s.sd == 1.0
     assert s.half_width == pytest.approx(4.302652729749462 / math.sqrt(3))
-    assert stats.Sample.of([1.0]).half_width is None and stats.Sample.of([1.0, math.nan]).text() == "diverged (1/2)"
+    assert stats.Sample.of([1.0]).half_width is None and stats.Sample.of([1.0], run_ci=0.5).half_width == 0.5
+    assert stats.Sample.of([math.nan, math.inf]).text() == "diverged (2/2)"
+    assert stats.Sample.of([1.0, math.nan]).text() == "1.000 (n=1, 1/2 diverged)"
+
+
+def test_difference_without_seeds_combines_the_evaluation_intervals():
+    d = stats.difference(stats.Sample.of([1.5], run_ci=0.03), stats.Sample.of([1.4], run_ci=0.04))
+    assert d.kind == "evaluation" and d.low == pytest.approx(0.05) and d.high == pytest.approx(0.15)
+    assert "evaluation noise only" in stats.compared(d, "bpc", "worse", "better")
+    gone = stats.difference(stats.Sample.of([math.nan]), stats.Sample.of([1.0, 1.1]))
+    assert stats.judge_higher(gone) == stats.REPRODUCED and stats.judge_matches(gone, 0.01) == stats.CONTRADICTED
