@@ -1,0 +1,439 @@
+"""u-muP vs the standard parametrisation: does the optimal learning rate move with width?
+
+    python -m experiments.umup --quick                      # a tiny sweep, about a minute on 2 CPU cores
+    python -m experiments.umup --out results/umup           # the full sweep of experiments/sweeps/umup.toml
+    python -m experiments.umup --analyse-only --out results/umup   # tables and plots from finished runs
+
+Character-level GPTs on Shakespeare, one learning-rate sweep per width at fixed depth, for
+  SP:    the standard model (weights N(0, 0.02^2), 1/sqrt(d_head) attention) + plain AdamW (optax);
+  u-muP: the unit-scaled model + u-muP AdamW (:func:`unitscale.optim.umup_adamw`: per-parameter
+         learning-rate multipliers, independent weight decay).
+Both use the same data order, warm-up + cosine schedule and no gradient clipping (clipping at a
+global norm is not width-neutral). Each run's final validation loss is one point; the optimum per
+width is the best grid point, refined by a parabola in log2(lr) through it and its neighbours.
+
+Writes to ``--out``: ``runs.csv`` (one row per run), ``summary.json`` (optimum per width, how far it
+moves, the loss lost by transferring the smallest width's optimum), ``lr_sweep.png`` (loss vs log2
+lr, one curve per width, one panel per parametrisation), ``precision.png`` (u-muP FP8 vs BF16,
+when the spec has such runs) and ``README.md`` (the command and the tables). Runs live under
+``--runs`` (checkpoints deleted once a run finishes); interrupt at any time and run the same command
+again: finished runs are skipped (:mod:`experiments.sweep`) and a run in flight resumes from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments import data
+from experiments.gpt import load_char_corpus
+from experiments.optimizers import OptimizerConfig, decay_mask, learning_rate_schedule
+from experiments.results import read_json, write_json, write_text
+from experiments.sweep import RESULT_FILE, expand_grid, load_spec, name_runs, run_sweep
+from experiments.train import NonFiniteLossError, TrainConfig, train
+from unitscale.models.gpt import GPT, GPTConfig, lm_loss
+from unitscale.optim import umup_adamw
+
+PARAMETRISATIONS = {"sp": "standard (SP) + AdamW", "umup": "u-μP + u-μP AdamW"}
+# precision -> activation dtype of the model; "fp8" is the u-muP FP8 recipe (see _model_config).
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp8": "bfloat16"}
+SPEC = Path(__file__).parent / "sweeps" / "umup.toml"
+RUN_FN = "experiments.umup:run"
+
+# A sweep small enough for --quick: two widths, two learning rates each, a few steps.
+QUICK_FIXED = dict(depth=1, head_dim=8, steps=20, batch_size=8, seq_len=32, warmup=4, eval_every=10,
+                   eval_batches=2, final_eval_batches=4, log_every=5, precision="fp32")
+QUICK_SPEC = [
+    dict(QUICK_FIXED, parametrisation="sp", weight_decay=0.1, width=[16, 32], log2_lr=[-8, -5]),
+    dict(QUICK_FIXED, parametrisation="umup", weight_decay=2**-13, width=[16, 32], log2_lr=[-3, 0]),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """One run of the sweep. ``weight_decay`` is AdamW's lambda: SP removes ``lr_t * lambda * w``
+    per step (optax AdamW), u-muP ``(lr_t / lr) * lambda * w`` (independent of the learning rate)."""
+
+    parametrisation: str
+    width: int
+    log2_lr: float
+    depth: int = 2
+    head_dim: int = 32
+    steps: int = 800
+    batch_size: int = 16
+    seq_len: int = 64
+    warmup: int = 80
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.99
+    eps: float = 1e-8
+    final_lr_fraction: float = 0.1
+    precision: str = "fp32"
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 200
+    eval_batches: int = 8
+    final_eval_batches: int = 64
+    checkpoint_every: int = 200
+    data: str = "shakespeare"
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        if self.parametrisation not in PARAMETRISATIONS:
+            raise ValueError(f"parametrisation must be one of {sorted(PARAMETRISATIONS)}, got {self.parametrisation!r}")
+        if self.precision not in DTYPES:
+            raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {self.precision!r}")
+        if not isinstance(self.width, int) or not isinstance(self.head_dim, int) or self.width % self.head_dim:
+            raise ValueError(f"width ({self.width!r}) must be a multiple of head_dim ({self.head_dim!r})")
+        if not isinstance(self.log2_lr, (int, float)) or not math.isfinite(self.log2_lr):
+            raise ValueError(f"log2_lr must be a finite number, got {self.log2_lr!r}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> RunSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise ValueError(f"config: unknown settings {unknown}; known: {sorted(names)}")
+        return cls(**config)
+
+    @property
+    def lr(self) -> float:
+        return 2.0**self.log2_lr
+
+    @property
+    def unit_scaled(self) -> bool:
+        return self.parametrisation == "umup"
+
+
+# ----------------------------------------------------------------------------------------------
+# One run
+# ----------------------------------------------------------------------------------------------
+
+def _model_config(s: RunSettings, vocab_size: int) -> GPTConfig:
+    if s.precision == "fp8":
+        raise ValueError("precision: 'fp8' needs the u-muP FP8 recipe of unitscale.precision, which is not "
+                         "available in this checkout")
+    return GPTConfig(vocab_size=vocab_size, d_model=s.width, depth=s.depth, heads=s.width // s.head_dim,
+                     max_len=s.seq_len, unit_scaled=s.unit_scaled, dtype=DTYPES[s.precision])
+
+
+def _optimizer_config(s: RunSettings) -> OptimizerConfig:
+    return OptimizerConfig(name="adamw", lr=s.lr, b1=s.b1, b2=s.b2, eps=s.eps, weight_decay=s.weight_decay,
+                           warmup_steps=s.warmup, schedule="cosine", final_lr_fraction=s.final_lr_fraction,
+                           grad_clip=0.0)
+
+
+def make_optimizer(s: RunSettings, model: GPT) -> optax.GradientTransformation:
+    """SP: optax AdamW (decay on matrices and embeddings); u-muP: :func:`unitscale.optim.umup_adamw`
+    with the same schedule, betas and decay mask, the decay independent of the learning rate."""
+    config = _optimizer_config(s)
+    schedule = learning_rate_schedule(config, s.steps)
+    if not s.unit_scaled:
+        return optax.adamw(schedule, s.b1, s.b2, s.eps, weight_decay=s.weight_decay, mask=decay_mask)
+    return umup_adamw(schedule, model, b1=s.b1, b2=s.b2, eps=s.eps, weight_decay=s.weight_decay,
+                      peak_lr=s.lr, mask=decay_mask)
+
+
+def _train_config(s: RunSettings, out_dir: Path) -> TrainConfig:
+    return TrainConfig(steps=s.steps, batch_size=s.batch_size, seq_len=s.seq_len, optimizer=_optimizer_config(s),
+                       log_every=s.log_every, eval_every=s.eval_every, eval_batches=s.eval_batches,
+                       final_eval_batches=s.final_eval_batches, checkpoint_every=s.checkpoint_every,
+                       keep_checkpoints=1, seed=s.seed, out_dir=str(out_dir), progress=False, ipu_estimate=False)
+
+
+def run(config: Mapping[str, Any], run_dir: str | Path) -> dict:
+    """Sweep entry point: train one :class:`RunSettings` in ``run_dir/train``; returns the final
+    validation loss (NaN and ``diverged`` if the loss went non-finite)."""
+    s = RunSettings.from_config(config)
+    corpus = load_char_corpus(s.data, s.cache_dir)
+    model = GPT(_model_config(s, corpus.vocab.size), rngs=nnx.Rngs(params=s.seed, dropout=s.seed + 1))
+    train_config = _train_config(s, Path(run_dir) / "train")
+    shape = dict(batch_size=s.batch_size, seq_len=s.seq_len)
+    try:
+        result = train(model, lm_loss, train_config, optimizer=make_optimizer(s, model),
+                       batches=lambda start: data.lm_batches(corpus.train, seed=s.seed, start_step=start, **shape),
+                       eval_data={"val": lambda: data.lm_eval_batches(corpus.validation, **shape)},
+                       describe={"model": model.config.to_dict(), "settings": dataclasses.asdict(s),
+                                 "data": corpus.source})
+    except NonFiniteLossError as err:
+        return {"val_loss": math.nan, "train_loss": math.nan, "diverged": True, "diverged_at": err.step}
+    finally:
+        shutil.rmtree(Path(run_dir) / "train" / "checkpoints", ignore_errors=True)
+    val = result.final["val"]
+    return {"val_loss": val["loss"], "val_bpc": val["bits_per_token"], "train_loss": result.final["train"]["loss"],
+            "diverged": False, "tokens_per_s": result.record["tokens_per_s"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Analysis
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """A finished run: where it sits in the sweep and its final validation loss (NaN: diverged)."""
+
+    parametrisation: str
+    precision: str
+    width: int
+    log2_lr: float
+    val_loss: float
+    train_loss: float
+    seconds: float
+
+    @property
+    def group(self) -> tuple[str, str]:
+        return self.parametrisation, self.precision
+
+
+def collect(spec: Any, runs_dir: str | Path) -> list[Point]:
+    """The finished runs of ``spec`` under ``runs_dir`` (runs without ``result.json`` are left out)."""
+    points = []
+    for r in name_runs(expand_grid(spec)):
+        path = Path(runs_dir) / r.name / RESULT_FILE
+        if not path.is_file():
+            continue
+        record, s = read_json(path), RunSettings.from_config(r.config)
+        res = record["result"]
+        points.append(Point(s.parametrisation, s.precision, s.width, float(s.log2_lr), float(res["val_loss"]),
+                            float(res["train_loss"]), float(record.get("seconds", math.nan))))
+    return points
+
+
+def refine_minimum(x: Sequence[float], y: Sequence[float]) -> tuple[float, int, bool]:
+    """``(x_opt, i_best, interior)``: the best point ``i_best`` of ``y(x)`` (NaN counts as worst) and
+    the vertex of the parabola through it and its two neighbours when it has finite ones on both
+    sides (``interior``), clamped to them; otherwise ``x[i_best]``."""
+    y = np.where(np.isfinite(y), y, np.inf)
+    i = int(np.argmin(y))
+    if not np.isfinite(y[i]):
+        return math.nan, i, False
+    if i == 0 or i == len(x) - 1 or not np.isfinite(y[i - 1]) or not np.isfinite(y[i + 1]):
+        return float(x[i]), i, False
+    (x0, x1, x2), (f0, f1, f2) = x[i - 1:i + 2], y[i - 1:i + 2]
+    num = (x1 - x0) ** 2 * (f1 - f2) - (x1 - x2) ** 2 * (f1 - f0)
+    den = (x1 - x0) * (f1 - f2) - (x1 - x2) * (f1 - f0)
+    vertex = x1 - 0.5 * num / den if den else x1
+    return float(np.clip(vertex, x0, x2)), i, True
+
+
+def _curves(points: Sequence[Point], group: tuple[str, str]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    curves: dict[int, list[Point]] = {}
+    for p in points:
+        if p.group == group:
+            curves.setdefault(p.width, []).append(p)
+    return {w: (np.array([p.log2_lr for p in ps]), np.array([p.val_loss for p in ps]))
+            for w, ps in sorted(curves.items()) for ps in [sorted(ps, key=lambda p: p.log2_lr)]}
+
+
+def optima(points: Sequence[Point], group: tuple[str, str]) -> list[dict]:
+    """One row per width of ``group``: best grid log2 lr and loss, refined optimum, whether it is
+    bracketed by the grid, and the number of diverged runs."""
+    rows = []
+    for width, (x, y) in _curves(points, group).items():
+        refined, i, interior = refine_minimum(x, y)
+        rows.append({"width": width, "best_log2_lr": float(x[i]), "best_val_loss": float(y[i]),
+                     "refined_log2_lr": refined, "bracketed": interior, "runs": len(x),
+                     "diverged": int(np.sum(~np.isfinite(y)))})
+    return rows
+
+
+def transfer(points: Sequence[Point], group: tuple[str, str]) -> dict:
+    """How far the optimum moves with width: its spread (binades) and slope against log2 width
+    (least squares on the refined optima), and the *transfer regret*: the validation loss at the
+    widest model trained with the narrowest model's best learning rate, minus its own best loss."""
+    rows, curves = optima(points, group), _curves(points, group)
+    if len(rows) < 2:
+        return {"widths": [r["width"] for r in rows]}
+    widths = np.array([r["width"] for r in rows], float)
+    opt = np.array([r["refined_log2_lr"] for r in rows])
+    ok = np.isfinite(opt)
+    slope = float(np.polyfit(np.log2(widths[ok]), opt[ok], 1)[0]) if ok.sum() >= 2 else math.nan
+    x_wide, y_wide = curves[int(widths[-1])]
+    at = np.flatnonzero(x_wide == rows[0]["best_log2_lr"])
+    regret = float(y_wide[at[0]] - rows[-1]["best_val_loss"]) if at.size else math.nan
+    return {"widths": [int(w) for w in widths], "spread_binades": float(np.nanmax(opt) - np.nanmin(opt)),
+            "slope_per_doubling": slope, "transfer_regret": regret}
+
+
+def summarise(points: Sequence[Point]) -> dict:
+    """``{"<parametrisation>/<precision>": {"optima": [...], "transfer": {...}}}`` over the groups present."""
+    groups = sorted({p.group for p in points}, key=lambda g: (g[1] != "fp32", g))
+    return {f"{g[0]}/{g[1]}": {"optima": optima(points, g), "transfer": transfer(points, g)} for g in groups}
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------
+
+def _figure(ncols: int):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2 * ncols, 4.2), layout="constrained")
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _plot_group(ax, points: Sequence[Point], group: tuple[str, str], colours) -> None:
+    curves = _curves(points, group)
+    finite = [y[np.isfinite(y)] for _, y in curves.values()]
+    low = min((float(f.min()) for f in finite if f.size), default=0.0)
+    top = low + 1.2
+    for k, (width, (x, y)) in enumerate(curves.items()):
+        colour = colours(0.85 * k / max(len(curves) - 1, 1))  # viridis' last 15% is too pale on white
+        ax.plot(x, np.minimum(y, top), "o-", color=colour, ms=3.5, label=f"width {width}")
+        refined, i, _ = refine_minimum(x, y)
+        if np.isfinite(refined):
+            ax.plot([x[i]], [y[i]], "*", color=colour, ms=13, mec="black", mew=0.6)
+        gone = ~np.isfinite(y)
+        ax.plot(x[gone], np.full(gone.sum(), top), "x", color=colour, ms=8)
+    ax.set_ylim(low - 0.05, top + 0.05)
+    ax.set_xlabel("log2 learning rate")
+    ax.set_ylabel("final validation loss (nats/char)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_lr_sweep(points: Sequence[Point], path: str | Path) -> Path:
+    """Loss vs log2 lr at fp32, one panel per parametrisation, one curve per width (star: best
+    point; x at the top: diverged; losses above best + 1.2 drawn at that cap)."""
+    import matplotlib
+
+    groups = [(p, "fp32") for p in PARAMETRISATIONS if any(q.group == (p, "fp32") for q in points)]
+    fig, axes = _figure(max(len(groups), 1))
+    for ax, group in zip(axes, groups):
+        _plot_group(ax, points, group, matplotlib.colormaps["viridis"])
+        t = transfer(points, group)
+        moved = (f"\noptimum moves {t['spread_binades']:.1f} binades over widths {t['widths'][0]}-{t['widths'][-1]}"
+                 if "spread_binades" in t else "")
+        ax.set_title(f"{PARAMETRISATIONS[group[0]]}{moved}", fontsize=10)
+    fig.savefig(path, dpi=130)
+    return Path(path)
+
+
+def plot_precision(points: Sequence[Point], path: str | Path) -> Path | None:
+    """u-muP loss vs log2 lr per precision at the width(s) that have bf16/fp8 runs; None if none."""
+    import matplotlib
+
+    others = {p.width for p in points if p.parametrisation == "umup" and p.precision != "fp32"}
+    if not others:
+        return None
+    fig, axes = _figure(1)
+    ax, colours = axes[0], matplotlib.colormaps["tab10"]
+    for k, precision in enumerate(sorted({p.precision for p in points if p.width in others})):
+        for width, (x, y) in _curves([p for p in points if p.width in others], ("umup", precision)).items():
+            ax.plot(x, y, "o-", color=colours(k), label=f"{precision}, width {width}")
+    ax.set_xlabel("log2 learning rate")
+    ax.set_ylabel("final validation loss (nats/char)")
+    ax.set_title("u-μP: number formats of the matmuls", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=130)
+    return Path(path)
+
+
+def write_runs_csv(points: Sequence[Point], path: str | Path) -> Path:
+    fields = [f.name for f in dataclasses.fields(Point)]
+    lines = [",".join(fields)] + [",".join(repr(getattr(p, f)) if isinstance(getattr(p, f), float)
+                                           else str(getattr(p, f)) for f in fields) for p in points]
+    return write_text(path, "\n".join(lines) + "\n")
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def markdown_tables(summary: Mapping[str, Any]) -> str:
+    """The optimum per width of every group, and one line per group on how far it moves."""
+    lines = ["| group | width | best log2 lr | refined log2 lr | best val loss | diverged |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, group in summary.items():
+        for r in group["optima"]:
+            mark = "" if r["bracketed"] else " (grid edge)"
+            lines.append(f"| {name} | {r['width']} | {r['best_log2_lr']:g} | {_fmt(r['refined_log2_lr'], 2)}{mark} | "
+                         f"{_fmt(r['best_val_loss'])} | {r['diverged']}/{r['runs']} |")
+    lines += ["", "| group | optimum spread (binades) | slope per width doubling | transfer regret (nats) |",
+              "|---|---:|---:|---:|"]
+    for name, group in summary.items():
+        t = group["transfer"]
+        if "spread_binades" in t:
+            lines.append(f"| {name} | {_fmt(t['spread_binades'], 2)} | {_fmt(t['slope_per_doubling'], 2)} | "
+                         f"{_fmt(t['transfer_regret'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(points: Sequence[Point], out: str | Path, command: str) -> dict:
+    """``runs.csv``, ``summary.json``, ``lr_sweep.png``, ``precision.png`` (if any) and ``README.md``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(points)
+    write_runs_csv(points, out / "runs.csv")
+    write_json(out / "summary.json", {"command": command, "groups": summary})
+    plot_lr_sweep(points, out / "lr_sweep.png")
+    figures = ["lr_sweep.png"] + (["precision.png"] if plot_precision(points, out / "precision.png") else [])
+    hours = sum(p.seconds for p in points if math.isfinite(p.seconds)) / 3600
+    readme = [f"# u-μP vs SP learning-rate sweep\n", f"Made by\n\n    {command}\n",
+              f"{len(points)} runs, {hours:.2f} h of training. Figures: {', '.join(figures)}. "
+              f"Per-run rows: runs.csv; everything below: summary.json.\n", markdown_tables(summary)]
+    write_text(out / "README.md", "\n".join(readme))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def make_parser() -> argparse.ArgumentParser:
+    doc = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="python -m experiments.umup", description=doc[0], epilog=doc[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the built-in tiny sweep (about a minute on 2 CPU cores)")
+    p.add_argument("--spec", type=Path, default=None, help=f"sweep spec, .toml or .json (default: {SPEC}; "
+                   "--quick: a built-in two-width sweep)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="tables, plots and README (default: results/umup; --quick: runs/umup-quick/results)")
+    p.add_argument("--runs", type=Path, default=None,
+                   help="one directory per run (default: runs/umup; --quick: runs/umup-quick)")
+    p.add_argument("--data", default=None, help="corpus for every run (default: the spec's, shakespeare)")
+    p.add_argument("--cache-dir", default=None, help="corpus cache (default: $UNITSCALE_CACHE_DIR or ~/.cache/unitscale)")
+    p.add_argument("--analyse-only", action="store_true", help="no training: tables and plots from finished runs")
+    return p
+
+
+def _spec(args: argparse.Namespace) -> list[dict]:
+    spec = load_spec(args.spec) if args.spec else (QUICK_SPEC if args.quick else load_spec(SPEC))
+    spec = [spec] if isinstance(spec, Mapping) else list(spec)
+    overrides = {k: v for k, v in (("data", args.data), ("cache_dir", args.cache_dir)) if v is not None}
+    return [{**grid, **overrides} for grid in spec]
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = make_parser().parse_args(argv)
+    runs = args.runs or Path("runs/umup-quick" if args.quick else "runs/umup")
+    out = args.out or (runs / "results" if args.quick else Path("results/umup"))
+    spec = _spec(args)
+    for r in name_runs(expand_grid(spec)):
+        RunSettings.from_config(r.config)  # reject a bad spec before hours of training
+    if not args.analyse_only:
+        report = run_sweep(spec, RUN_FN, runs, log=lambda line: print(line, flush=True))
+        if report.failed:
+            print(f"{len(report.failed)} runs failed (error.txt in their directories): {', '.join(report.failed)}")
+    command = "python -m experiments.umup " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    summary = write_outputs(collect(spec, runs), out, command)
+    print(markdown_tables(summary), end="")
+    print(f"wrote {out}/README.md, summary.json, runs.csv, lr_sweep.png")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
