@@ -15,9 +15,11 @@ recipe would cost more than the FP8 rows show.
 
 Configurations: the published pipeline / replica recipes of docs/reference/ipu_hardware.md
 ("Published training configurations") where they exist; elsewhere the automatic balancer
-(``pipeline=N``) over the fewest IPUs per replica (1, 2, 4, 8) at which FP16 fits, replicas filling
-the system and the global batch of the published recipe of the same family. Everything a row
-assumes is in its ``assumed`` field. For each row the largest availableMemoryProportion candidate at
+(``pipeline=N``) over the fewest IPUs per replica (1, 2, 4, 8) at which FP16 fits (the output head
+on IPU 0 as published, else on the last IPU: without streaming memory the embeddings, the tied head
+and their optimizer state do not fit on one IPU), then the largest micro-batch that fits, replicas
+filling the system and the global batch of the published recipe of the same family. Everything a
+row assumes is in its ``assumed`` field. For each row the largest availableMemoryProportion candidate at
 which every IPU fits is used (as one tunes it); a row that fits nowhere says by how much.
 
 Writes to --out: ``ipu_table.json`` (rows, FP8-vs-FP16 comparisons with a verdict computed from the
