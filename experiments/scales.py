@@ -68,7 +68,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None,
                    help="corpus cache (default: $UNITSCALE_CACHE_DIR or ~/.cache/unitscale)")
     p.add_argument("--precision", choices=sorted(PRECISIONS),
-                   help=_help("activation dtype of both models", "precision"))
+                   help=_help("precision preset of unitscale.precision for both models", "precision"))
     p.add_argument("--seed", type=int, help=_help("seed of the initialisation and the batch", "seed"))
     p.add_argument("--formats", help=_help("comma-separated formats to draw and measure coverage in", "formats"))
     p.add_argument("--stat", choices=STAT_NAMES, help=_help("statistic on the x axis of scales.png", "stat"))
@@ -110,7 +110,7 @@ def load_tokens(args: argparse.Namespace) -> tuple[np.ndarray, data.Vocab, str]:
 def build(args: argparse.Namespace, unit_scaled: bool, tokens: np.ndarray, vocab: data.Vocab):
     """``(model, loss_fn, batch)`` of the options for one parametrisation."""
     common = dict(vocab_size=vocab.size, max_len=args.seq_len, unit_scaled=unit_scaled,
-                  dtype=PRECISIONS[args.precision], **SIZES[args.preset])
+                  precision=args.precision, **SIZES[args.preset])
     shape = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed)
     rngs = nnx.Rngs(params=args.seed, dropout=args.seed + 1)
     if args.model == "bert":

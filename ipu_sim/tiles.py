@@ -164,6 +164,10 @@ class _Mapper:
                 self.layouts[v.id] = Layout(next(self._mappings), 1, op.index, True)
             return OpMapping(op.index, 1, op.index, (), 0, vertices=0)
         for v, j in zip(op.outputs, op.aliases or (0,) * len(op.outputs)):
+            if j < 0:  # a literal passed through (optimization_barrier): a one-element constant
+                self.storage[self.roots[v.id]] = v.itemsize
+                self.layouts[v.id] = Layout(next(self._mappings), 1, op.index, True)
+                continue
             src = op.inputs[j]
             lay = self.layouts[src.id]
             if op.primitive in _KEEP_MAPPING:

@@ -560,7 +560,9 @@ def _view(w: _Walker, name: str, eqn, ins: list, base: Op) -> Op:
     if name == "bitcast_convert_type" and arrays and arrays[0].itemsize != base.outputs[0].itemsize:
         return replace(base, kind=COPY)
     if name in ("optimization_barrier", "device_put"):
-        aliases = tuple(range(len(base.outputs)))
+        # Output i is input i; inputs that are literals (None) have no stored value to alias.
+        positions = {v.id: k for k, v in enumerate(arrays)}
+        aliases = tuple(positions[v.id] if v is not None and v.id in positions else -1 for v in ins)
     else:
         aliases = (0,) * len(base.outputs) if arrays and ins[0] is not None else ()
     if not aliases:

@@ -261,3 +261,18 @@ def test_deliberately_unsupported_primitives_are_named():
                      (lambda a: jnp.fft.fft(a).real, "fft")]:
         with pytest.raises(ValueError, match=f"unsupported primitive '{name}'"):
             trace(fn, sds(4, 4))
+
+
+def test_optimization_barrier_with_a_literal_operand_aliases_only_its_arrays():
+    # The FP8 matmul fences its quantised operand with an optimization_barrier; a literal (scale 1.0)
+    # among the fenced values has no storage, so only array outputs alias their inputs.
+    def fn(x):
+        y, s = jax.lax.optimization_barrier((x * 2.0, 1.0))
+        return (y * s).sum()
+
+    program = trace(jax.grad(fn), jax.ShapeDtypeStruct((8, 8), jnp.float32))
+    barrier = next(op for op in program.ops if op.primitive == "optimization_barrier")
+    assert len(barrier.inputs) < len(barrier.outputs) and barrier.aliases[0] >= 0 > barrier.aliases[1]
+    roots = program.roots()
+    assert roots[barrier.outputs[0].id] == roots[barrier.inputs[barrier.aliases[0]].id]
+    assert ipu_sim.estimate_program(program).seconds > 0
