@@ -211,3 +211,21 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
         print(f"\nerror: {err}", file=sys.stderr)
         return EXIT_UNUSABLE
     return 0
+
+
+def sweep_script_main(argv: Sequence[str] | None, *, prog: str, train_main: Callable[[Sequence[str] | None], Any],
+                      sweep_parser: Callable[[str], argparse.ArgumentParser],
+                      sweep_main: Callable[..., int]) -> int:
+    """The command line of a sweep script: ``train ...`` runs one run through :func:`run_main`,
+    ``summarise ...`` collects finished runs without training, anything else runs the sweep."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        return run_main(train_main, argv[1:])
+    summarise_only = argv[:1] == ["summarise"]
+    args = sweep_parser(f"{prog} summarise" if summarise_only else prog).parse_args(
+        argv[1:] if summarise_only else argv)
+    try:
+        return sweep_main(args, run_stages=not summarise_only)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -104,23 +104,34 @@ def model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
                      unit_scaled=args.unit_scaled, precision=policy, dtype=policy.compute_dtype, **SIZES[args.size])
 
 
+def parameter_count(model: nnx.Module) -> int:
+    """Number of trainable parameter values of ``model``."""
+    return sum(int(np.size(x)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def corpus_feeds(corpus: CharCorpus, config: TrainConfig) -> dict[str, Any]:
+    """The ``batches`` and ``eval_data`` arguments of :func:`experiments.train.train` for a character
+    corpus: contiguous training windows in the seed's order, full passes over validation and test."""
+    shape = dict(batch_size=config.batch_size, seq_len=config.seq_len)
+    return dict(batches=lambda start: data.lm_batches(corpus.train, seed=config.seed, start_step=start, **shape),
+                eval_data={"val": lambda: data.lm_eval_batches(corpus.validation, **shape),
+                           "test": lambda: data.lm_eval_batches(corpus.test, **shape)})
+
+
 def train_gpt(args: argparse.Namespace, config: TrainConfig) -> TrainResult:
     """Load the corpus, build the model and train it with :func:`experiments.train.train`."""
     corpus = load_char_corpus(args.data, args.cache_dir)
     gpt_config = model_config(args, corpus.vocab.size)
     model = GPT(gpt_config, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
-    n_params = sum(int(np.size(x)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    n_params = parameter_count(model)
     data.save_vocab(corpus.vocab, Path(config.out_dir) / "vocab.json")
-    shape = dict(batch_size=config.batch_size, seq_len=config.seq_len)
     _, loss_scale = numerics(args)
     print(f"GPT {args.size} ({'unit-scaled' if args.unit_scaled else 'standard'}, {gpt_config.precision}, "
           f"scaling {args.loss_scale}) on {corpus.source}: {len(corpus.train):,} training characters, "
           f"vocabulary {corpus.vocab.size}")
     return train(
         model, lm_loss, config, value_and_grad=value_and_grad_with_recipe, recipe_state=loss_scale,
-        batches=lambda start: data.lm_batches(corpus.train, seed=config.seed, start_step=start, **shape),
-        eval_data={"val": lambda: data.lm_eval_batches(corpus.validation, **shape),
-                   "test": lambda: data.lm_eval_batches(corpus.test, **shape)},
+        skips_nonfinite=loss_scale.skips_nonfinite, **corpus_feeds(corpus, config),
         describe={"model": gpt_config.to_dict(), "size": args.size, "precision": args.precision,
                   "loss_scale": args.loss_scale, "data": corpus.source, "vocab_size": corpus.vocab.size,
                   "parameters": n_params})
@@ -133,7 +144,7 @@ def summary(result: TrainResult) -> str:
              f"this machine {format_rate(record['tokens_per_s'] or float('nan'))} tok/s"]
     ipu = record.get("ipu")
     if ipu and "error" not in ipu:
-        parts.append(f"one Bow IPU {ipu['step_time_s'] * 1e3:.3g} ms/step = {format_rate(ipu['tokens_per_s'])} tok/s")
+        parts.append(f"{ipu['description']} {ipu['step_time_s'] * 1e3:.3g} ms/step = {format_rate(ipu['tokens_per_s'])} tok/s")
     elif ipu:
         parts.append(f"IPU estimate unavailable ({ipu['error'][:120]})")
     return " | ".join(parts)

@@ -11,6 +11,8 @@ Character-level GPTs on Shakespeare, one learning-rate sweep per width at fixed 
 Both use the same data order, warm-up + cosine schedule and no gradient clipping (clipping at a
 global norm is not width-neutral). Each run's final validation loss is one point; the optimum per
 width is the best grid point, refined by a parabola in log2(lr) through it and its neighbours.
+A run's ``precision`` is ``fp32``, ``bf16`` or ``fp8``: u-muP's FP8 recipe (``umup_fp8`` of
+:mod:`unitscale.precision`, no scaling of any kind) on bfloat16 arithmetic, to set against ``bf16``.
 
 Writes to ``--out``: ``runs.csv`` (one row per run), ``summary.json`` (optimum per width, how far it
 moves, the loss lost by transferring the smallest width's optimum), ``lr_sweep.png`` (loss vs log2
@@ -45,10 +47,14 @@ from experiments.sweep import RESULT_FILE, expand_grid, load_spec, name_runs, ru
 from experiments.train import NonFiniteLossError, TrainConfig, train
 from unitscale.models.gpt import GPT, GPTConfig, lm_loss
 from unitscale.optim import umup_adamw
+from unitscale.precision.loss_scale import NoOpLossScale
+from unitscale.precision.recipe import value_and_grad_with_recipe
 
 PARAMETRISATIONS = {"sp": "standard (SP) + AdamW", "umup": "u-μP + u-μP AdamW"}
-# precision -> activation dtype of the model; "fp8" is the u-muP FP8 recipe (see _model_config).
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp8": "bfloat16"}
+# precision -> (policy preset of unitscale.precision, activation dtype). "fp8" is u-muP's FP8 recipe
+# (E4M3 matmul inputs, E5M2 output-gradients, the FFN down and attention output projections in BF16,
+# no tensor scaling) on bfloat16 arithmetic, so it differs from "bf16" only in the quantised matmuls.
+PRECISIONS = {"fp32": ("fp32", "float32"), "bf16": ("bf16", "bfloat16"), "fp8": ("umup_fp8", "bfloat16")}
 SPEC = Path(__file__).parent / "sweeps" / "umup.toml"
 RUN_FN = "experiments.umup:run"
 
@@ -93,8 +99,8 @@ class RunSettings:
     def __post_init__(self):
         if self.parametrisation not in PARAMETRISATIONS:
             raise ValueError(f"parametrisation must be one of {sorted(PARAMETRISATIONS)}, got {self.parametrisation!r}")
-        if self.precision not in DTYPES:
-            raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.width, int) or not isinstance(self.head_dim, int) or self.width % self.head_dim:
             raise ValueError(f"width ({self.width!r}) must be a multiple of head_dim ({self.head_dim!r})")
         if not isinstance(self.log2_lr, (int, float)) or not math.isfinite(self.log2_lr):
@@ -121,12 +127,11 @@ class RunSettings:
 # One run
 # ----------------------------------------------------------------------------------------------
 
-def _model_config(s: RunSettings, vocab_size: int) -> GPTConfig:
-    if s.precision == "fp8":
-        raise ValueError("precision: 'fp8' needs the u-muP FP8 recipe of unitscale.precision, which is not "
-                         "available in this checkout")
+def model_config(s: RunSettings, vocab_size: int) -> GPTConfig:
+    """The GPT of run ``s`` (heads of ``head_dim`` channels, context ``seq_len``, its precision)."""
+    policy, dtype = PRECISIONS[s.precision]
     return GPTConfig(vocab_size=vocab_size, d_model=s.width, depth=s.depth, heads=s.width // s.head_dim,
-                     max_len=s.seq_len, unit_scaled=s.unit_scaled, dtype=DTYPES[s.precision])
+                     max_len=s.seq_len, unit_scaled=s.unit_scaled, precision=policy, dtype=dtype)
 
 
 def _optimizer_config(s: RunSettings) -> OptimizerConfig:
@@ -158,11 +163,14 @@ def run(config: Mapping[str, Any], run_dir: str | Path) -> dict:
     validation loss (NaN and ``diverged`` if the loss went non-finite)."""
     s = RunSettings.from_config(config)
     corpus = load_char_corpus(s.data, s.cache_dir)
-    model = GPT(_model_config(s, corpus.vocab.size), rngs=nnx.Rngs(params=s.seed, dropout=s.seed + 1))
+    model = GPT(model_config(s, corpus.vocab.size), rngs=nnx.Rngs(params=s.seed, dropout=s.seed + 1))
     train_config = _train_config(s, Path(run_dir) / "train")
     shape = dict(batch_size=s.batch_size, seq_len=s.seq_len)
+    # Quantised matmuls carry recipe state (range counts) that only the recipe's gradient updates.
+    recipe = (dict(value_and_grad=value_and_grad_with_recipe, recipe_state=NoOpLossScale())
+              if model.config.precision.quantized else {})
     try:
-        result = train(model, lm_loss, train_config, optimizer=make_optimizer(s, model),
+        result = train(model, lm_loss, train_config, optimizer=make_optimizer(s, model), **recipe,
                        batches=lambda start: data.lm_batches(corpus.train, seed=s.seed, start_step=start, **shape),
                        eval_data={"val": lambda: data.lm_eval_batches(corpus.validation, **shape)},
                        describe={"model": model.config.to_dict(), "settings": dataclasses.asdict(s),

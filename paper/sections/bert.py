@@ -1,12 +1,11 @@
 """BERT masked-language-model pre-training in each precision and parametrisation
 (``results/bert/``, made by ``python -m experiments.bert``).
 
-Expected schema (the character-LM one, ``experiments.charlm.write_outputs``, with ``model`` rows;
-to be aligned with ``experiments.bert`` when it lands): ``results.json`` with ``profile``,
-``settings``, ``variants`` {name: {label, options: {precision, loss_scale, unit_scaled}}},
-``table`` rows {model, variant, split, values, diverged, runs, ci95, ci_kind} of the validation
-masked-LM loss (split ``"val"``), ``problems``; ``curves.json`` {run: {config: {model, variant},
-diverged_at_step, val: {step, loss}}}.
+Reads ``results.json`` (``profile``, ``settings``, ``variants`` {name: {label, options}}, ``table``
+rows per (stage, size, variant, split, metric) with the completed runs' ``values``, ``diverged``
+count and ``ci95`` / ``ci_kind``, ``problems``) and ``curves.json`` (per ``stage/run``: ``config``
+with ``size`` and ``variant``, ``diverged_at_step``, ``val`` {step, loss}); the schema is the one
+``experiments.bert.write_outputs`` documents. Metric: masked-token cross-entropy on the test split.
 """
 
 from __future__ import annotations
@@ -15,17 +14,16 @@ from paper.files import ResultError, get, numbers, read_json
 from paper.grid import Curve, grid_table, plot_curves, settings_text
 from paper.markdown import caption, figure
 from paper.section import Context, Section
-from paper.sections.charlm import samples
+from paper.sections.charlm import OPTION_KEYS, samples
 from paper.stats import compared, difference, judge_not_worse
 
 KEY, TITLE = "bert", "BERT pre-training"
-SPLIT = "val"
-TABLE_KEYS = {"model": str, "variant": str, "split": str, "values": list, "diverged": int, "runs": int,
-              "ci95": float, "ci_kind": (str, type(None))}
-OPTION_KEYS = {"precision": str, "loss_scale": str, "unit_scaled": bool}
+SPLIT, METRICS = "test", ("loss", "accuracy")
+TABLE_KEYS = {"stage": str, "size": str, "variant": str, "split": str, "metric": str, "values": list,
+              "diverged": int, "runs": int, "ci95": float, "ci_kind": (str, type(None))}
 # The paper's finding (docs/reference/unit_scaling_rules.md): unit-scaled FP16 and FP8 match the FP32
 # and loss-scaled baselines with no loss scaling. Each unit-scaled low-precision variant without loss
-# scaling is compared with the FP32 standard baseline.
+# scaling is compared with the FP32 standard baseline of the same model.
 CLAIM = "unit-scaled FP16 and FP8 without loss scaling match the FP32 baseline"
 BASELINE = ("fp32", False, "none")
 
@@ -39,22 +37,30 @@ def load(ctx: Context) -> dict:
         get(variants, f"{name}.label", path, str)
         for key, kind in OPTION_KEYS.items():
             get(variants, f"{name}.options.{key}", path, kind)
-    rows = [r for r in get(data, "table", path, list) if isinstance(r, dict) and r.get("split") == SPLIT]
-    if not rows:
-        raise ResultError(path, f"'table' has no {SPLIT!r} rows")
+    rows = [r for r in get(data, "table", path, list)
+            if isinstance(r, dict) and r.get("split") == SPLIT and r.get("metric") in METRICS]
+    if not {r["metric"] for r in rows} >= set(METRICS):
+        raise ResultError(path, f"'table' lacks {SPLIT!r} rows of the metrics {list(METRICS)}")
     for i, row in enumerate(rows):
+        where = f"{path} ({SPLIT} table row {i})"
         for key, kind in TABLE_KEYS.items():
-            get(row, key, f"{path} ({SPLIT} table row {i})", kind)
-        row["values"] = numbers(row["values"], "values", f"{path} ({SPLIT} table row {i})")
+            get(row, key, where, kind)
+        row["values"] = numbers(row["values"], "values", where)
         if row["variant"] not in variants:
-            raise ResultError(path, f"{SPLIT} table row {i} names an undescribed variant {row['variant']!r}")
+            raise ResultError(path, f"{SPLIT} table row {i} names variant {row['variant']!r}, "
+                                    "which 'variants' does not describe")
     return {"variants": variants, "rows": rows, "profile": get(data, "profile", path, str),
             "settings": get(data, "settings", path, dict), "problems": get(data, "problems", path, list),
-            "command": get(data, "command", path, str, None), "curves": load_curves(base / "curves.json"),
-            "base": base}
+            "base_settings": get(data, "base_settings", path, dict, {}),
+            "curves": load_curves(base / "curves.json"), "base": base}
 
 
-def load_curves(path) -> list[Curve]:
+def model_name(stage: str, size: str) -> str:
+    """``BERT small`` for the grid stage, ``BERT base (base stage)`` for another stage."""
+    return f"BERT {size}" + ("" if stage == "grid" else f" ({stage} stage)")
+
+
+def load_curves(path) -> list[tuple[str, Curve]]:
     data = read_json(path)
     if not isinstance(data, dict):
         raise ResultError(path, "must hold a JSON object of runs")
@@ -62,13 +68,12 @@ def load_curves(path) -> list[Curve]:
     for name, run in data.items():
         where = f"{path} ({name})"
         steps = numbers(get(run, "val.step", where, list), "val.step", where)
-        loss = get(run, "val.loss", where, list)
+        loss = numbers(get(run, "val.loss", where, list), "val.loss", where)
         if len(steps) != len(loss):
             raise ResultError(where, f"val.step and val.loss differ in length ({len(steps)} vs {len(loss)})")
-        out.append((get(run, "config.model", where, str),
-                    Curve(get(run, "config.variant", where, str), tuple(steps),
-                          tuple(numbers(loss, "val.loss", where)),
-                          get(run, "diverged_at_step", where, (int, type(None))))))
+        model = model_name(name.split("/", 1)[0], get(run, "config.size", where, str))
+        out.append((model, Curve(get(run, "config.variant", where, str), tuple(steps), tuple(loss),
+                                 get(run, "diverged_at_step", where, (int, type(None))))))
     return out
 
 
@@ -84,7 +89,7 @@ def findings(cells: dict, models: list[str], variants: dict) -> list[dict]:
             if (m, name) not in cells or (m, baseline) not in cells:
                 continue
             d = difference(cells[(m, name)], cells[(m, baseline)])
-            text = (f"{m}, validation MLM loss of {v['label']} against {variants[baseline]['label']}: "
+            text = (f"{m}, test MLM loss of {v['label']} against {variants[baseline]['label']}: "
                     f"{compared(d, 'nats', 'worse', 'better')}")
             out.append({"finding": "bert-unit-matches", "claim": CLAIM, "variant": m,
                         "outcome": judge_not_worse(d), "difference": d.estimate, "low": d.low,
@@ -95,36 +100,41 @@ def findings(cells: dict, models: list[str], variants: dict) -> list[dict]:
 def render(ctx: Context, data: dict) -> Section:
     """The section from the checked ``data`` of :func:`load`."""
     variants, rows = data["variants"], data["rows"]
-    cells, absent = samples(rows, lambda r: (r["model"], r["variant"]))
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    key = lambda r: (model_name(r["stage"], r["size"]), r["variant"])  # noqa: E731
+    loss, loss_absent = samples([r for r in rows if r["metric"] == "loss"], key)
+    accuracy, accuracy_absent = samples([r for r in rows if r["metric"] == "accuracy"], key)
+    models = list(dict.fromkeys(key(r)[0] for r in rows))
     cols = [v for v in variants if any(r["variant"] == v for r in rows)]
     labels = {v: variants[v]["label"] for v in cols}
-    chosen = models[-1]
+    chosen = models[0]
     ctx.figures.mkdir(parents=True, exist_ok=True)
     plot_curves([c for m, c in data["curves"] if m == chosen and c.column in labels], labels,
                 "validation MLM loss (nats)", chosen, ctx.figures / "bert_curves.png")
-    judged = findings(cells, models, variants)
+    judged = findings(loss, models, variants)
     body = [
         "BERT models are pre-trained with the masked-language-model objective in each variant, "
         "without loss scaling unless its name says so. The original paper pre-trains BERT-Base and "
-        "BERT-Large and fine-tunes on SQuAD; we compare pre-training loss only, at a far smaller "
-        "budget.",
-        caption("Table 2", "Validation masked-LM loss (nats per masked token), mean ± 95% CI over seeds "
-                "(a single run: its evaluation CI); diverged runs are left out of the mean. Source: "
-                f"`{ctx.rel(data['base'] / 'results.json')}`.", ctx.quick),
-        grid_table(cells, models, cols, labels, "model", None, absent),
+        "BERT-Large with LAMB and fine-tunes on SQuAD; we compare pre-training loss only, at a far "
+        "smaller budget.",
+        caption("Table 2", "Test masked-LM loss (nats per masked token): mean ± 95% CI over seeds (a "
+                "single run: its CI over evaluation rows, test-set noise only); diverged runs are left "
+                f"out of the mean. Source: `{ctx.rel(data['base'] / 'results.json')}`.", ctx.quick),
+        grid_table(loss, models, cols, labels, "model", None, loss_absent),
+        caption("Table 2b", "Test masked-token accuracy, as Table 2.", ctx.quick),
+        grid_table(accuracy, models, cols, labels, "model", None, accuracy_absent),
         figure(ctx.link("bert_curves.png"), "BERT validation curves", "Figure 1b",
                f"Validation MLM loss during training, {chosen}, every run.", ctx.quick),
         f"The paper's finding that {CLAIM}, judged on these numbers (no equivalence margin: "
         "\"consistent\" means the 95% interval of the difference contains 0):\n\n"
-        + "\n".join(f"- **{f['outcome']}**: {f['text']}." for f in judged),
+        + ("\n".join(f"- **{f['outcome']}**: {f['text']}." for f in judged) or "- no comparable pair of cells."),
     ]
     if data["problems"]:
-        body.insert(0, f"> **INCOMPLETE RUNS.** {len(data['problems'])} run(s) have no result; see "
-                    "`problems` in the source file.")
-    setup = (f"BERT (`{ctx.rel(data['base'])}`, profile {data['profile']}"
-             + (f", `{data['command']}`" if data["command"] else "")
-             + f"): {settings_text(data['settings'])}.",)
+        body.insert(0, f"> **INCOMPLETE RUNS.** {len(data['problems'])} run(s) have no result (missing, "
+                    "failed or malformed); see `problems` in the source file.")
+    extra = (f"; the {', '.join(m for m in models if '(base stage)' in m)} run: "
+             f"{settings_text(data['base_settings'])}" if data["base_settings"] else "")
+    setup = (f"BERT (`{ctx.rel(data['base'])}`, profile {data['profile']}): "
+             f"{settings_text(data['settings'])}{extra}.",)
     facts = {"findings": judged, "quick": data["profile"] == "quick"}
     return Section(KEY, TITLE, "\n\n".join(body), setup, facts)
 

@@ -19,7 +19,7 @@ from paper.section import Context, Section
 from paper.stats import Sample, compared, difference, judge_higher, judge_matches
 
 KEY, TITLE = "charlm", "Character-level language models"
-SPLIT = "test"
+SPLIT, METRIC = "test", "bits"
 TABLE_KEYS = {"mixer": str, "norm": str, "variant": str, "split": str, "values": list, "diverged": int,
               "runs": int, "ci95": float, "ci_kind": (str, type(None))}
 OPTION_KEYS = {"precision": str, "loss_scale": str, "unit_scaled": bool}
@@ -41,7 +41,8 @@ def load(ctx: Context) -> dict:
         get(variants, f"{name}.label", path, str)
         for key, kind in OPTION_KEYS.items():
             get(variants, f"{name}.options.{key}", path, kind)
-    rows = [r for r in get(data, "table", path, list) if isinstance(r, dict) and r.get("split") == SPLIT]
+    rows = [r for r in get(data, "table", path, list)
+            if isinstance(r, dict) and r.get("split") == SPLIT and r.get("metric", METRIC) == METRIC]
     if not rows:
         raise ResultError(path, f"'table' has no {SPLIT!r} rows")
     for i, row in enumerate(rows):
@@ -54,7 +55,7 @@ def load(ctx: Context) -> dict:
     return {"variants": variants, "rows": rows, "profile": get(data, "profile", path, str),
             "settings": get(data, "settings", path, dict),
             "learning_rates": get(data, "learning_rates", path, dict),
-            "problems": get(data, "problems", path, list), "command": get(data, "command", path, str, None),
+            "problems": get(data, "problems", path, list),
             "curves": load_curves(base / "curves.json"), "base": base}
 
 
@@ -163,8 +164,7 @@ def render(ctx: Context, data: dict) -> Section:
                     "result (missing, failed or malformed); their cells are short of seeds or empty. "
                     "See `problems` in the source file.")
     rates = ", ".join(f"{k} {v:g}" for k, v in data["learning_rates"].items())
-    setup = (f"Character-level LMs (`{ctx.rel(data['base'])}`, profile {data['profile']}"
-             + (f", `{data['command']}`" if data["command"] else "") + f"): "
+    setup = (f"Character-level LMs (`{ctx.rel(data['base'])}`, profile {data['profile']}): "
              f"{settings_text(data['settings'])}; peak learning rates {rates} (chosen by an FP32 sweep).",)
     facts = {"findings": judged, "quick": data["profile"] == "quick"}
     return Section(KEY, TITLE, "\n\n".join(body), setup, facts)

@@ -15,6 +15,7 @@ import pytest
 from experiments import umup
 from experiments.sweep import expand_grid, load_spec, name_runs
 from experiments.train import NonFiniteLossError
+from unitscale.formats import BF16, E4M3, E5M2
 
 TINY = Path(__file__).parent / "data" / "tiny.txt"
 
@@ -75,6 +76,17 @@ def test_settings_reject_bad_configs():
         umup.RunSettings(parametrisation="sp", width=48, log2_lr=0, head_dim=32)
     with pytest.raises(ValueError, match="unknown settings.*'lr'"):
         umup.RunSettings.from_config({"parametrisation": "sp", "width": 64, "log2_lr": 0, "lr": 1e-3})
+
+
+def test_precisions_map_to_the_umup_fp8_recipe_and_bf16():
+    config = lambda precision: umup.model_config(  # noqa: E731
+        umup.RunSettings(parametrisation="umup", width=64, log2_lr=-3, precision=precision), vocab_size=70)
+    fp8, bf16 = config("fp8"), config("bf16")
+    assert (fp8.precision.matmul_fwd, fp8.precision.matmul_bwd, fp8.precision.keep_format) == (E4M3, E5M2, BF16)
+    assert set(fp8.precision.keep_roles) == {"ffn_down", "attn_out"}
+    assert fp8.precision.scaling == "none" and fp8.compute_dtype == bf16.compute_dtype == "bfloat16"
+    assert not bf16.precision.quantized and not config("fp32").precision.quantized
+    assert config("fp32").compute_dtype == "float32"
 
 
 def test_the_shipped_spec_is_valid_and_brackets_widths_for_both_parametrisations():

@@ -55,9 +55,9 @@ def _curves(cells, **config):
 
 
 def _charlm(root: Path):
-    table = [_row(values, mixer="attention", norm="pre", variant=v, split=split)
+    table = [_row(values, mixer="attention", norm="pre", variant=v, split=split, metric="bits")
              for v, values in CHARLM_BPC.items() for split in ("val", "test")]
-    table.append(_row([1.7], mixer="conv", norm="post", variant="fp16-standard", split="test"))
+    table.append(_row([1.7], mixer="conv", norm="post", variant="fp16-standard", split="test", metric="bits"))
     table[-1].update(ci95=0.02, ci_kind="tokens")
     _json(root / "charlm" / "results.json",
           {"experiment": "charlm", "profile": "full", "settings": {"steps": 100, "d_model": 32},
@@ -67,11 +67,14 @@ def _charlm(root: Path):
 
 
 def _bert(root: Path):
-    table = [_row(values, model="BERT tiny", variant=v, split="val") for v, values in BERT_LOSS.items()]
+    table = [_row(values if metric == "loss" else [0.4] * len(values), stage="grid", size="tiny", variant=v,
+                  split="test", metric=metric)
+             for v, values in BERT_LOSS.items() for metric in ("loss", "accuracy")]
     _json(root / "bert" / "results.json",
-          {"profile": "full", "settings": {"steps": 50}, "variants": _variants(BERT_LOSS), "table": table,
-           "problems": []})
-    _json(root / "bert" / "curves.json", _curves(BERT_LOSS, model="BERT tiny"))
+          {"profile": "full", "settings": {"steps": 50}, "base_settings": {}, "variants": _variants(BERT_LOSS),
+           "table": table, "problems": []})
+    curves = _curves(BERT_LOSS, size="tiny")
+    _json(root / "bert" / "curves.json", {f"grid/{k}": v for k, v in curves.items()})
 
 
 def _umup(root: Path):
@@ -168,6 +171,8 @@ def test_tables_hold_the_fixture_numbers(complete):
     fp16 = stats.Sample.of(CHARLM_BPC["fp16-standard"])
     assert f"| {fp16.text()} [paper 1.661] |" in text and fp16.text().startswith("1.910 ± ")
     assert "| diverged (3/3) |" in text and "| 1.700 ± 0.020 (n=1) |" in text
+    assert "| BERT tiny | 2.510 ± 0.127 (n=2) | 2.520 ± 0.127 (n=2) |" in text  # t(0.975, 1) = 12.71
+    assert "**consistent**: BERT tiny, test MLM loss of FP16 unit-scaled" in text
     assert "12,345.6" in text and "18,518.4" in text and "1.50" in text  # IPU table
     assert "7.25 / 3.62 / 14.50" in text and "0.75 / 0.38 / 1.50" in text and "31 / 1" in text  # scales
     assert f"{2 ** -1.75:.3g} (-1.75) / 2.000" in text  # u-muP optimum at width 64
