@@ -112,5 +112,14 @@ def mx_quantize_counted(
     (:func:`unitscale.precision.stats.range_counts`)."""
     axis = _check(x, fmt, axis, block)
     scaled, elements, e, n = _encode_blocks(x, fmt, axis, block)
-    counts = range_counts(scaled, elements, fmt)
+    counts = range_counts(_lost_as_tiny(scaled, _blocks(x, axis, block)[0]), elements, fmt)
     return _unblock(_times_pow2(elements, e), n, axis), counts
+
+
+def _lost_as_tiny(scaled: jax.Array, blocks: jax.Array) -> jax.Array:
+    """``scaled`` with each zero that came from a non-zero input set to float32's smallest subnormal:
+    ``x / X`` below float32's normal range (or a subnormal ``x``) is flushed to zero by XLA:CPU, and
+    :func:`range_counts` would not see that value underflow."""
+    to_bits = lambda v: jax.lax.bitcast_convert_type(v, jnp.uint32)  # noqa: E731
+    lost = ((to_bits(scaled) & 0x7FFFFFFF) == 0) & ((to_bits(blocks) & 0x7FFFFFFF) != 0)
+    return jax.lax.bitcast_convert_type(to_bits(scaled) | lost.astype(jnp.uint32), jnp.float32)
