@@ -59,6 +59,19 @@ def vector_cycles(elements, itemsize: int, instructions, chip: Chip, params: Mod
     return np.where(np.asarray(elements) > 0, params.vertex_overhead_cycles + busy, 0)
 
 
+def partials_cycles(outputs, regions, itemsize: int, instructions, chip: Chip, params: ModelParams):
+    """Cycles of a vertex combining ``regions`` regions of partials into ``outputs`` values.
+
+    Each region is the partials one tile sent (or the tile's own); the workers share the output
+    vectors, and each worker walks every region's descriptor for its slice:
+    ``overhead + worker_cycles(vectors, instructions) + workers * regions * region_instructions``,
+    with ``instructions`` per output vector (loads, adds, store, cast).
+    """
+    walk = chip.workers * regions * params.partials_region_instructions
+    return vector_cycles(outputs, itemsize, instructions, chip, params) + np.where(
+        np.asarray(outputs) > 0, walk, 0)
+
+
 def amp_geometry(inputs_itemsize: int, flops_per_cycle: int, params: ModelParams) -> tuple[int, int]:
     """(input channels, output channels) of one AMP weight block.
 

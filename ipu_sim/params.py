@@ -36,6 +36,12 @@ class ModelParams:
     # Functions without a hardware instruction (sin, erf, lgamma, ...): range reduction plus a
     # polynomial of ~6 FMAs on 2 lanes; order of magnitude, only matters for programs using them.
     software_function_instructions: int = 12
+    # Reducing partials received from other tiles: each source tile's partials land in a region of
+    # their own, which the reduce vertex reads through a list of (pointer, size) descriptors. Per
+    # region each worker loads the descriptor, unpacks pointer and size and sets up its inner
+    # loop: ~4 instructions [ISA: ld32, and/shr to unpack, rpt]. Not fitted; it is what makes a
+    # small-output reduction cost per partial rather than per vector (J19's 1.97 us reduction).
+    partials_region_instructions: int = 4
     # Gather / scatter (popops multiSlice / multiUpdate): per index, each tile holding part of the
     # table compares the index with its row range (load, compare, branch).
     index_check_instructions: int = 3

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ipu_sim.costs import Step, amp_cycles, ceil_div, exchange_cycles, vector_cycles
+from ipu_sim.costs import Step, amp_cycles, ceil_div, exchange_cycles, partials_cycles
 from ipu_sim.hardware import Chip
 from ipu_sim.params import ModelParams
 from ipu_sim.trace import MatmulDims
@@ -140,7 +140,7 @@ def _phase_costs(d, chip, params, ms, ks, ns, bb, mb, kb, nb, sp, so, lhs_local,
     red_bytes = ceil_div(bb * mb * nb * sp * (ks - 1), ks)
     red_x = exchange_cycles(red_bytes, red_bytes, chip)
     owned = ceil_div(bb * mb * nb, ks)
-    red_c = vector_cycles(owned, sp, 2 * (ks - 1) + 1 + (so != sp), chip, params)
+    red_c = partials_cycles(owned, ks, sp, 2 * (ks - 1) + 1 + (so != sp), chip, params)
     red_x = np.where(ks > 1, red_x, 0)
     red_c = np.where(ks > 1, red_c, 0)
     return a_in, b_in, amp, red_x, red_c

@@ -11,8 +11,9 @@ Layout rules (Poplar / poplibs conventions):
   no such operand the output is mapped freshly.
 * Reshape-like views keep the mapping; transposes, slices and broadcasts are views with a new
   mapping (their consumers pay the exchange); a broadcast of a literal is a one-element constant.
-* Reductions reduce locally first, then exchange partials in up to three stages, choosing the
-  number of stages with the fewest cycles (poplibs reduce). Gathers / scatters (multiSlice /
+* Reductions reduce locally first, then exchange partials in one or two stages, choosing the
+  number of stages with the fewest cycles (poplibs reduce: intermediate-to-intermediate, then
+  intermediate-to-output); each received region of partials costs the reduce vertex a walk. Gathers / scatters (multiSlice /
   multiUpdate) broadcast the indices to the tiles of the table, which check each index against their
   rows; gathered rows go to freshly mapped output tiles, scattered updates arrive split by column
   groups. Copies (concatenate, pad) are pure exchange into a fresh mapping.
@@ -30,7 +31,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ipu_sim.costs import Step, ceil_div, exchange_cycles, vector_cycles, worker_cycles
+from ipu_sim.costs import (Step, ceil_div, exchange_cycles, partials_cycles, vector_cycles,
+                           worker_cycles)
 from ipu_sim.hardware import Chip
 from ipu_sim.params import ModelParams
 from ipu_sim.planner import MatmulPlan, plan_matmul
@@ -218,10 +220,15 @@ class _Mapper:
                          codelets=(f"reduce:{out.dtype}",))
 
     def reduce_stages(self, outputs: int, contributions: int, acc: int) -> list[tuple[Step, int, int]]:
-        """The cheapest of 1-3 exchange-and-add stages combining ``contributions`` partials per
-        output: [(step, tiles used, bytes received per tile)]."""
+        """The cheaper of 1 or 2 exchange-and-add stages combining ``contributions`` partials per
+        output: [(step, tiles used, bytes received per tile)].
+
+        Two at most: poplibs reduce has an optional intermediate-to-intermediate stage and the
+        intermediate-to-output stage after the on-tile one, each a superstep (sync, exchange,
+        compute set). Each received partial is a region the reduce vertex walks.
+        """
         best, best_cycles = [], None
-        for stages in (1, 2, 3):
+        for stages in (1, 2):
             fan_in = math.ceil(contributions ** (1 / stages) - 1e-9)
             left, plan = contributions, []
             while left > 1:
@@ -231,7 +238,8 @@ class _Mapper:
                 tiles = min(self.chip.tiles, groups)
                 per_tile = ceil_div(groups, tiles)
                 recv = per_tile * f * acc
-                step = Step(self.xchg(recv, recv), self.vec(per_tile, acc, 2 * f + 1), 1, "reduce")
+                add = int(partials_cycles(per_tile, f, acc, 2 * f + 1, self.chip, self.params))
+                step = Step(self.xchg(recv, recv), add, 1, "reduce")
                 plan.append((step, tiles, recv))
             cycles = sum(s.cycles + self.chip.sync_cycles for s, _, _ in plan)
             if best_cycles is None or cycles < best_cycles:
