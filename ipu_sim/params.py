@@ -27,7 +27,7 @@ class ModelParams:
     # Per AMP weight block, on top of loading its weights (see costs.amp_cycles): each worker reads
     # its row list, sets up pointers, fills and drains the AMP pipeline -- 70 instruction slots of
     # one worker at one issue in 6 cycles. The one parameter fitted to the J19 square-matmul rows
-    # (FP32 18.9 and FP16.32 58.9 TFLOP/s, both at once): predicted / measured 0.98 and 1.06.
+    # (FP32 18.9 and FP16.32 58.9 TFLOP/s, both at once): predicted / measured 0.96 and 1.05.
     amp_block_overhead_cycles: int = 420
     # Vector instructions per 64-bit vector for functions the ISA has as single-lane (fp32) or
     # two-lane (fp16) instructions (exp, log, tanh, sigmoid, sqrt, reciprocal): half the lanes of a

@@ -13,10 +13,11 @@ Layout rules (Poplar / poplibs conventions):
   mapping (their consumers pay the exchange); a broadcast of a literal is a one-element constant.
 * Reductions reduce locally first, then exchange partials in one or two stages, choosing the
   number of stages with the fewest cycles (poplibs reduce: intermediate-to-intermediate, then
-  intermediate-to-output); each received region of partials costs the reduce vertex a walk. Gathers / scatters (multiSlice /
-  multiUpdate) broadcast the indices to the tiles of the table, which check each index against their
-  rows; gathered rows go to freshly mapped output tiles, scattered updates arrive split by column
-  groups. Copies (concatenate, pad) are pure exchange into a fresh mapping.
+  intermediate-to-output); each received region of partials costs the reduce vertex a walk.
+  Gathers / scatters (multiSlice / multiUpdate) broadcast the indices to the tiles of the table,
+  which check each index against their rows; gathered rows go to freshly mapped output tiles,
+  scattered updates arrive split by column groups. Copies (concatenate, pad) are pure exchange
+  into a fresh mapping.
 
 Each op gets an :class:`OpMapping`: its tiles, its supersteps (per execution), its per-tile
 temporaries and the vertices / exchange programs / codelets it leaves in always-live memory.
