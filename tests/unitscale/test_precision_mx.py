@@ -19,11 +19,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from flax import nnx
 from hypothesis.extra import numpy as hnp
 
 from unitscale import formats as F
+from unitscale.precision.loss_scale import DynamicLossScale
 from unitscale.precision.matmul import MatmulQuantizer, MatmulSpec
 from unitscale.precision.mx import mx_decode, mx_emax, mx_encode, mx_quantize, mx_quantize_counted
+from unitscale.precision.recipe import value_and_grad_with_recipe
 
 # element format -> (ml_dtypes type, emax_elem of the OCP MX v1.0 tables)
 ELEMENTS = {
@@ -210,3 +213,25 @@ def test_mx_matmul_blocks_each_operand_along_the_contraction_axis_of_the_matmul_
     assert any(np.array_equal(bits(g), bits(g_b)) for g in seen)
     np.testing.assert_allclose(dx, g_n @ w_n.T, rtol=1e-5, atol=1e-6 * np.abs(g_n @ w_n.T).max())
     np.testing.assert_allclose(dw, x_b.T @ g_b, rtol=1e-5, atol=1e-6 * np.abs(x_b.T @ g_b).max())
+
+
+class _MXLayer(nnx.Module):
+    def __init__(self, w):
+        self.kernel = nnx.Param(jnp.asarray(w))
+        self.quantizer = MatmulQuantizer(MatmulSpec(F.E4M3, F.E5M2, scaling="mx", stats=True))
+
+    def __call__(self, x):
+        return self.quantizer(lambda a, b, _: a @ b, x, self.kernel[...], None)
+
+
+def test_mx_block_saturation_does_not_make_a_dynamic_loss_scaled_step_non_finite():
+    # Each output-gradient block's top value (500 x 2^e) saturates at E5M2's top binade whatever the loss
+    # scale: counted, but no reason to skip the step or shrink the scale.
+    x, w = jnp.ones((4, 32)), jnp.ones((32, 32))
+    c = jnp.ones((4, 32)).at[:, 0].set(1.99).at[:, 1].set(1.999)  # 1.999 x 2^15 > 61440 in its block
+    loss = lambda m, b: (jnp.sum(m(b[0]) * b[1]), {"count": jnp.float32(1)})  # noqa: E731
+    graphdef, state = nnx.split(_MXLayer(w))
+    step = jax.jit(lambda s, b, ls: value_and_grad_with_recipe(loss, nnx.merge(graphdef, s), b, ls)[1:])
+    totals, _, new_scale, finite = step(state, (x, c), DynamicLossScale(2.0**15))
+    assert totals["step/gradients_overflow"] > 0
+    assert bool(finite) and float(new_scale.loss_scale) == 2.0**15

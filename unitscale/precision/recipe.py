@@ -24,6 +24,9 @@ Contract (the one training loop, ``experiments.train``, follows it):
    ``grads_finite``; keep it on a skipped step too. Quantised gradients saturate at their format's
    max instead of becoming inf, so under a dynamic loss scale a step whose output-gradients
    overflowed (counted when the policy has ``stats``) is not finite either: the scale backs off.
+   MX matmuls are exempt: each block is scaled to its own amax, so their counted saturation (the
+   top binade of a block, e.g. (464, 512) x 2^e for E4M3) does not depend on the loss scale and
+   shrinking it could never make such a step finite.
 4. ``totals`` is the loss function's, plus per-step metrics under keys ``"step/<name>"``: the loss
    scale used and, when the policy counts them, this step's overflow / underflow counts summed over
    all quantised matmuls (``STAT_NAMES``). Average those over steps, not over tokens.
@@ -95,6 +98,15 @@ def precision_metrics(state: nnx.Module | nnx.State) -> dict[str, jax.Array]:
     return {name: total[i] for i, name in enumerate(STAT_NAMES)}
 
 
+def _loss_scaled_overflows(model: nnx.Module) -> jax.Array:
+    """This step's output-gradient overflows of the per-tensor (not MX) quantised matmuls: the ones a
+    smaller loss scale would avoid."""
+    index = STAT_NAMES.index("gradients_overflow")
+    counts = [m.counts[...][index] for _, m in nnx.iter_modules(model)
+              if isinstance(m, MatmulQuantizer) and m.spec.scaling != "mx" and m.counts is not None]
+    return sum(counts, jnp.float32(0))
+
+
 def value_and_grad_with_recipe(
     loss_fn: Callable[[nnx.Module, Any], tuple[jax.Array, Mapping[str, jax.Array]]],
     model: nnx.Module,
@@ -118,7 +130,7 @@ def value_and_grad_with_recipe(
     counts = precision_metrics(model)
     finite = jnp.isfinite(loss) & all_finite(param_grads)
     if loss_scale.skips_nonfinite and counts:
-        finite = finite & (counts["gradients_overflow"] == 0)
+        finite = finite & (_loss_scaled_overflows(model) == 0)
     metrics = {"loss_scale": jnp.asarray(loss_scale.loss_scale, jnp.float32), **counts}
     totals = {**totals, **{f"step/{k}": v for k, v in metrics.items()}}
     new_state = None if recipe_state is None else loss_scale.adjust(finite)
