@@ -192,6 +192,28 @@ def _loss_op(model, batch, op):
     return jnp.sum(model(x, op) * c), {"count": jnp.float32(1)}
 
 
+def test_delayed_scaling_rounds_with_the_scale_of_the_history_before_the_step():
+    key = jax.random.key(12)
+    x = np.asarray(jax.random.normal(jax.random.fold_in(key, 0), (8, 16)), np.float32)
+    x = x / np.abs(x).max() * 4.0
+    w = np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (16, 4)), np.float32)
+    c = np.asarray(jax.random.normal(jax.random.fold_in(key, 2), (8, 4)), np.float32) * 2.0**-12
+    model = OneMatmul(_spec("delayed", history=2, margin=1), w)
+    past = np.array([[5.0, 3.0], [0.25, 0.5], [2.0**-10, 0.0]], np.float32)  # rows x, W, g; newest first
+    model.quantizer.history[...] = jnp.asarray(past)
+    store: dict = {}
+    value_and_grad_with_recipe(lambda m, b: _loss_op(m, b, _recorder(store)), model, (x, c), None)
+    for name, value, fmt, row in (("x", x, F.E4M3, 0), ("w", w, F.E4M3, 1), ("g", c, F.E5M2, 2)):
+        s = np.float32(fmt.max / 2) / past[row].max()  # fmt.max / max(history) / 2^margin
+        on_grid = np.asarray(F.quantize(jnp.asarray(value * s), fmt))
+        np.testing.assert_array_equal(np.asarray(F.quantize(jnp.asarray(store[name] * s), fmt)), on_grid, name)
+        np.testing.assert_allclose(store[name], on_grid / s, rtol=2.0**-23, atol=0, err_msg=name)
+    # then each amax is pushed, newest first
+    expected = np.stack([[np.abs(v).max(), p[0]] for v, p in zip((x, w, c), past)]).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(model.quantizer.history[...]), expected)
+    assert _counts(nnx.state(model))["weights_overflow"] > 0  # amax(W) = 1.93, far above its history (0.5): saturated
+
+
 def test_unscaled_matmul_gradients_use_the_rounded_operands_and_rounded_output_gradient():
     key = jax.random.key(7)
     x = jax.random.normal(jax.random.fold_in(key, 0), (8, 16))
