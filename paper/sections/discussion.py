@@ -79,6 +79,8 @@ def umup_paragraph(facts: Mapping) -> str:
                      "binades).")
     elif sp and umup:
         parts.append("Whether u-μP's optimum moves less than SP's is not decided by this grid.")
+    # A stable optimum is only half the claim: the loss reached there matters as much.
+    parts += [f"{line}." for line in facts.get("losses", ())]
     return " ".join(parts)
 
 

@@ -77,13 +77,33 @@ def transfer_claim(group: str, g: dict, step: float) -> dict:
                 "grid, so the true optimum may lie further out")
     else:
         outcome = "transfers" if spread <= step else "moves"
-        within = (f"within one grid step ({step:g} binades)" if spread <= step else
-                  f"more than one grid step ({step:g} binades)")
+        within = (f"within one grid step ({binades(step)})" if spread <= step else
+                  f"more than one grid step ({binades(step)})")
         text = (f"{label(group)}: the optimum moves {spread:.2f} binades across widths "
                 f"{t['widths'][0]}-{t['widths'][-1]}, {within}; slope {t['slope_per_doubling']:+.2f} "
                 f"binades per doubling of width; using the narrowest width's best learning rate at the "
                 f"widest costs {t['transfer_regret']:.3f} nats")
     return {"group": group, "outcome": outcome, "text": text, "spread": spread, "step": step}
+
+
+def binades(x: float) -> str:
+    return f"{x:g} binade" + ("" if x == 1 else "s")
+
+
+def loss_comparisons(groups: dict) -> list[str]:
+    """What each width's best loss says beside the optimum's position: u-muP against SP in FP32, and
+    the u-muP FP8 recipe against BF16, at every width both groups have."""
+    lines = []
+    for a, b, what in (("umup/fp32", "sp/fp32", "Best validation loss, u-μP minus SP (FP32)"),
+                       ("umup/fp8", "umup/bf16", "Best validation loss, u-μP's FP8 recipe minus BF16")):
+        if a not in groups or b not in groups:
+            continue
+        best = {name: {r["width"]: r["best_val_loss"] for r in groups[name]["optima"]} for name in (a, b)}
+        widths = sorted(set(best[a]) & set(best[b]))
+        if widths:
+            diffs = ", ".join(f"{best[a][w] - best[b][w]:+.3f} at width {w}" for w in widths)
+            lines.append(f"{what} (nats, lower is better, one seed): {diffs}")
+    return lines
 
 
 def optimum_table(groups: dict) -> tuple[list[str], list[list[str]]]:
@@ -124,11 +144,11 @@ def render(ctx: Context, data: dict) -> Section:
                 "best validation loss (nats per character) of each group. Source: "
                 f"`{ctx.rel(data['base'] / 'summary.json')}`.", ctx.quick),
         table(header, rows, "r" * len(header)),
-        "\n".join(f"- {c['text']}." for c in claims),
+        "\n".join([f"- {c['text']}." for c in claims] + [f"- {line}." for line in loss_comparisons(groups)]),
     ])
     setup = (f"u-μP sweep (`{ctx.rel(data['base'])}`): groups {', '.join(label(g) for g in groups)}; "
              f"`{data['command']}`.",)
-    facts = {"claims": claims, "quick": "--quick" in data["command"]}
+    facts = {"claims": claims, "losses": loss_comparisons(groups), "quick": "--quick" in data["command"]}
     return Section(KEY, TITLE, body, setup, facts)
 
 

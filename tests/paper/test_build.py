@@ -361,3 +361,16 @@ def test_difference_without_seeds_combines_the_evaluation_intervals():
     assert "evaluation noise only" in stats.compared(d, "bpc", "worse", "better")
     gone = stats.difference(stats.Sample.of([math.nan]), stats.Sample.of([1.0, 1.1]))
     assert stats.judge_higher(gone) == stats.REPRODUCED and stats.judge_matches(gone, 0.01) == stats.CONTRADICTED
+
+
+def test_umup_section_reports_the_best_loss_beside_the_optimum():
+    from paper.sections.umup import loss_comparisons
+
+    def group(losses):
+        return {"optima": [{"width": w, "best_val_loss": v} for w, v in losses.items()]}
+
+    groups = {"sp/fp32": group({32: 2.4, 64: 2.3}), "umup/fp32": group({32: 2.5, 64: 2.25, 128: 2.2}),
+              "umup/fp8": group({64: 2.47})}
+    (line,) = loss_comparisons(groups)  # no BF16 group: no FP8 comparison
+    assert line.startswith("Best validation loss, u-μP minus SP") and "+0.100 at width 32" in line
+    assert "-0.050 at width 64" in line and "128" not in line
