@@ -330,3 +330,21 @@ def test_range_counts_function_on_exhaustive_float32_neighbourhoods():
         q = F.quantize(jnp.asarray(values), fmt)
         got = np.asarray(range_counts(jnp.asarray(values), q, fmt)).tolist()
         assert got == list(brute_force_counts(values, fmt)), fmt.name
+
+
+@pytest.mark.parametrize("preset, scaling, real", [("fp8", "delayed", True), ("umup_fp8", "none", True),
+                                                   ("mxfp6", "delayed", False), ("mxfp6", "none", False),
+                                                   ("mxfp4", "current", True)])
+def test_float8_operands_twin_keeps_formats_the_backend_cannot_hold_simulated(preset, scaling, real):
+    # XLA:CPU holds float8 and float4 but no float6 arrays: E2M3 / E3M2 stay simulated (and must not raise)
+    from unitscale.models.gpt import GPT, GPTConfig
+    from unitscale.precision.policy import precision_policy
+    from unitscale.precision.recipe import float8_operands
+
+    policy = precision_policy(preset, scaling=scaling)
+    model = GPT(GPTConfig(vocab_size=8, max_len=4, d_model=8, depth=1, heads=1, precision=policy),
+                rngs=nnx.Rngs(0))
+    twin = float8_operands(model)
+    specs = [m.spec for _, m in nnx.iter_modules(twin) if isinstance(m, MatmulQuantizer)]
+    assert specs and all(s.operands == ("float8" if real else "simulated") for s in specs)
+    assert twin.config.precision.operands == ("float8" if real else "simulated")

@@ -130,7 +130,7 @@ def _dot_dtypes(jaxpr) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("preset, dtype", [("fp16", "float16"), ("bf16", "bfloat16"), ("fp32", "float32")])
-def test_16_bit_presets_compute_in_real_16_bit_arithmetic(preset, dtype):
+def test_presets_compute_in_their_real_dtype_with_float32_master_weights(preset, dtype):
     config = GPTConfig(vocab_size=24, max_len=8, d_model=16, depth=1, heads=2, ffn_ratio=2.0, precision=preset)
     model = GPT(config, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -168,10 +168,22 @@ def scaling_recipe(precision: str | PrecisionPolicy = "fp8", scaling: str = "non
     return policy, NoOpLossScale()
 
 
+def _real_formats(*fmts: Any) -> bool:
+    """Whether every format given can be a real array on JAX's backend (XLA:CPU holds no float6)."""
+    try:
+        PrecisionPolicy(matmul_fwd=fmts[0], matmul_bwd=fmts[1], operands="float8")
+    except ValueError:
+        return False
+    return True
+
+
 def _to_float8(value: Any) -> Any:
-    """``value`` with ``operands="float8"`` if it is or holds a quantising policy, else unchanged."""
+    """``value`` with ``operands="float8"`` if it is or holds a quantising policy whose formats can be
+    real arrays, else unchanged."""
     if isinstance(value, PrecisionPolicy):
-        return value.replace(operands="float8") if value.quantized and value.scaling != "mx" else value
+        convert = (value.quantized and value.scaling != "mx"
+                   and _real_formats(value.matmul_fwd, value.matmul_bwd) and _real_formats(value.keep_format, None))
+        return value.replace(operands="float8") if convert else value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         changes = {f.name: _to_float8(getattr(value, f.name)) for f in dataclasses.fields(value)
                    if isinstance(getattr(value, f.name), PrecisionPolicy)}
@@ -182,7 +194,8 @@ def _to_float8(value: Any) -> Any:
 def float8_operands(model: nnx.Module) -> nnx.Module:
     """A copy of ``model`` whose FP8 matmuls round through real float8 arrays (``operands="float8"``)
     instead of simulating them in float32: the same values, slower on CPU, but a cost model reading
-    dtypes off the traced program (``ipu_sim``) sees FP8 matmuls. It counts no range statistics
+    dtypes off the traced program (``ipu_sim``) sees FP8 matmuls. Formats the backend cannot hold
+    (float6 on CPU) stay simulated, as MX always is. It counts no range statistics
     (diagnostics of the simulation, not work the hardware would do; the variables stay, unused).
     ``model`` itself if it has no quantising policy. The state keeps its structure."""
     if not any(isinstance(m, MatmulQuantizer) for _, m in nnx.iter_modules(model)):
@@ -190,7 +203,7 @@ def float8_operands(model: nnx.Module) -> nnx.Module:
     copy = nnx.clone(model)
     for _, module in nnx.iter_modules(copy):
         for name, value in list(vars(module).items()):
-            if isinstance(value, MatmulSpec) and value.scaling != "mx":
+            if isinstance(value, MatmulSpec) and value.scaling != "mx" and _real_formats(value.fwd, value.bwd):
                 setattr(module, name, dataclasses.replace(value, operands="float8", stats=False))
             elif dataclasses.is_dataclass(value) and not isinstance(value, type):
                 new = _to_float8(value)
