@@ -3,11 +3,12 @@
 A tiny GPT (d_model 16, depth 1, seq 16, batch 4) trains 8 steps on the shipped tiny text in
 combinations of precision preset x {unit-scaled, standard} x scaling recipe, and must end with a
 finite loss below its start; combinations the library rejects must raise ValueError naming the
-recipe. Each run compiles its own train step (5-20 s on a loaded 2-core machine), so by default a
-covering set of 12 runs is trained: every preset, every recipe with both parametrisations, the
-16-bit and MX presets with and without loss scaling, per-tensor FP8 with each tensor scaling (under
-dynamic loss scaling it is covered by the skipped-step test, which runs the same train step).
-``PRECISION_LOOP_MATRIX=full`` runs every accepted combination (78 runs, 15-25 minutes).
+recipe. Each run compiles its own train step (5-20 s on a loaded 2-core machine). By default every
+accepted combination runs (78 runs, 5-7 minutes on an idle 2-core machine, 15-25 under load);
+``PRECISION_LOOP_MATRIX=cover`` runs a covering set of 12: every preset, every recipe with both
+parametrisations, the 16-bit and MX presets with and without loss scaling, per-tensor FP8 with each
+tensor scaling (under dynamic loss scaling it is covered by the skipped-step test, which runs the
+same train step).
 
 A skipped step (non-finite gradients under dynamic loss scaling) is checked bit for bit on the
 loop's own train step (:func:`experiments.train_step.make_train_step`).
@@ -66,9 +67,11 @@ COVER = [
 # scaling already keeps near 1, so FP16 / E5M2 overflow until a dynamic scale has backed off.
 _BACKS_OFF = ("jmp's starting scale 2^15 times unit-scaled gradients saturates E5M2: 3 of the 8 steps are "
               "skipped while the scale backs off (unit scaling needs no loss scale)")
-_LOST_AMAXES = ("amax histories lose entries: after 8 steps 1-3 of the 8 amaxes are missing (zero) in the "
-                "history rows of the matmuls (standard GPT, per-tensor delayed E2M1 / E2M3); the cause is not "
-                "found: the FP8 delayed runs keep every amax")
+_LOST_AMAXES = ("amax histories lose entries: after 8 steps 1-3 of the 8 amaxes are zero in the history rows "
+                "of the matmuls (standard GPT, per-tensor delayed E2M1 / E2M3). Not confirmed, but consistent "
+                "with delayed scaling's cold start in a 4-6-bit format: with an empty history the scale is 1, "
+                "the standard model's ~1e-5 output-gradients flush to zero in E2M1/E2M3, so the matmuls below "
+                "see zero gradients (amax 0) until the layers above have a history; FP8 E5M2 holds them")
 XFAILS = {
     ("fp16", "static", True): "the static scale 2048 times unit-scaled gradients overflows float16 at the first "
                               "step (NonFiniteLossError)",
@@ -89,7 +92,9 @@ def _param(preset: str, scaling: str, unit_scaled: bool):
                         id=f"{preset}-{scaling}-{'unit' if unit_scaled else 'standard'}")
 
 
-RUNS = [_param(*run) for run in (FULL if os.environ.get("PRECISION_LOOP_MATRIX") == "full" else COVER)]
+# The "done when" asks for every combination in the suite: the full matrix is the default (about
+# 5-7 minutes of an otherwise idle 2-core machine); PRECISION_LOOP_MATRIX=cover runs the covering set.
+RUNS = [_param(*run) for run in (COVER if os.environ.get("PRECISION_LOOP_MATRIX") == "cover" else FULL)]
 
 
 def test_the_covering_set_covers_what_it_claims():
