@@ -23,6 +23,7 @@ affine-gradient scales of the norms, the ``cross_entropy`` mean) are per mapped 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -142,11 +143,60 @@ def _scaled_matmul(
     the scales), the product is already scaled when it is rounded to a 16-bit dtype, and the
     matmuls run in the input dtype like plain ``jnp.matmul``.
     """
+    if left.dtype == right.dtype == jnp.float16 and left.ndim >= 2 and right.ndim == 2:
+        return _float16_matmul(left, right, out_s, left_s, right_s)
     if right.size <= left.size:
         left, right = scale_bwd(left, left_s / out_s), scale(right, out_s, right_s)
     else:
         left, right = scale(left, out_s, left_s), scale_bwd(right, right_s / out_s)
     return jnp.matmul(left, right)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _float16_matmul(left, right, out_s, left_s, right_s):
+    """``_scaled_matmul`` for float16 ``left (..., k)`` and weight ``right (k, n)``. float16's range
+    ends at 65504, and a weight gradient ``left^T @ g`` summed over a large batch exceeds it long
+    before its backward factor ``batch^-1/2`` brings it back to unit scale; so each backward product
+    takes float16 operands with a float32 result (as FP16.32 matmul units do), is scaled in float32
+    and rounded to float16 once (the forward product as in ``_scaled_matmul``)."""
+    if right.size <= left.size:
+        return jnp.matmul(left, (right * out_s).astype(right.dtype))
+    return jnp.matmul((left * out_s).astype(left.dtype), right)
+
+
+def _float16_matmul_fwd(left, right, out_s, left_s, right_s):
+    return _float16_matmul(left, right, out_s, left_s, right_s), (left, right)
+
+
+def _float16_matmul_bwd(out_s, left_s, right_s, residuals, g):
+    left, right = residuals
+    rows, g_rows = left.reshape(-1, left.shape[-1]), g.reshape(-1, g.shape[-1]).astype(right.dtype)
+    d_left = jax.lax.dot_general(g_rows, right, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    d_right = jax.lax.dot_general(rows, g_rows, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return ((left_s * d_left).astype(left.dtype).reshape(left.shape),
+            (right_s * d_right).astype(right.dtype))
+
+
+_float16_matmul.defvjp(_float16_matmul_fwd, _float16_matmul_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _float16_bias(out, bias, out_s, bias_s):
+    """``out + out_s * bias`` for float16, the bias gradient (a sum of ``g`` over every row) summed
+    in float32 and scaled by ``bias_s`` before rounding, for the reason of :func:`_float16_matmul`."""
+    return out + (bias * out_s).astype(out.dtype)
+
+
+def _float16_bias_fwd(out, bias, out_s, bias_s):
+    return _float16_bias(out, bias, out_s, bias_s), bias
+
+
+def _float16_bias_bwd(out_s, bias_s, bias, g):
+    d_bias = bias_s * jnp.sum(g.astype(jnp.float32), axis=tuple(range(g.ndim - 1)))
+    return g, d_bias.astype(bias.dtype)
+
+
+_float16_bias.defvjp(_float16_bias_fwd, _float16_bias_bwd)
 
 
 def matmul(
@@ -225,7 +275,7 @@ def linear(
         bias = _float_array(bias, "bias")
         if bias.shape != (fan_out,):
             raise ValueError(f"bias must have shape ({fan_out},), got {bias.shape}")
-        out = out + scale(bias, out_s, w_s)
+        out = _float16_bias(out, bias, out_s, w_s) if out.dtype == jnp.float16 else out + scale(bias, out_s, w_s)
     return out.astype(jnp.result_type(input, weight))
 
 

@@ -151,3 +151,29 @@ def test_a_transformer_block_composes_under_jit_grad_and_remat():
     fast = jax.jit(jax.grad(jax.checkpoint(block)))(params, x)
     _assert_trees_close(plain, fast, rtol=1e-5, atol=1e-6)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in plain)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_float16_weight_gradients_are_scaled_before_rounding(with_bias):
+    # Every raw weight-gradient entry x^T g (4096 rows) is ~1.3e6, far above float16's 65504, while
+    # the unit-scaled gradient (times 4096^-1/2) is ~2e4: representable, so it must come out finite.
+    rows, fan_in, fan_out = 4096, 64, 32
+    x = 16 + jax.random.normal(jax.random.key(0), (rows, fan_in))
+    w = jax.random.normal(jax.random.key(1), (fan_in, fan_out))
+    b = jnp.zeros(fan_out)
+    g = 20 + jax.random.normal(jax.random.key(2), (rows, fan_out))
+    assert float(jnp.abs(x.T @ g).min()) > 65504 and float(jnp.abs(g.sum(0)).min()) > 65504
+
+    def grads(dtype):
+        fn = lambda x, w, b: U.linear(x.astype(dtype), w.astype(dtype), b.astype(dtype) if with_bias else None)  # noqa: E731
+        _, vjp = jax.vjp(fn, x, w, b)
+        return vjp(g.astype(dtype))
+
+    got, want = grads(jnp.float16), grads(jnp.float32)
+    for name, a, e in zip(("input", "weight", "bias"), got, want):
+        if name == "bias" and not with_bias:
+            continue
+        assert bool(jnp.isfinite(a).all()), name
+        # float16 inputs carry ~2^-11 relative error, and sums of them cancel: compare at the tensor's scale
+        scale = float(jnp.abs(e).max())
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(e), rtol=1e-2, atol=5e-3 * scale, err_msg=name)
