@@ -122,9 +122,9 @@ def difference(a: Sample, b: Sample) -> Difference:
 
 
 # Outcomes of a claim against the numbers.
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, CONTRADICTED, UNDETERMINED, DIVERGED, CONSISTENT = (
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, CONTRADICTED, UNDETERMINED, DIVERGED, CONSISTENT, BETTER = (
     "reproduced", "not reproduced", "inconclusive", "contradicted", "undetermined", "diverged",
-    "consistent")
+    "consistent", "better than matching")
 
 
 def direction(d: Difference) -> str:
@@ -151,9 +151,10 @@ def judge_higher(d: Difference) -> str:
 
 
 def judge_matches(d: Difference, margin: float) -> str:
-    """Outcome of "a matches b": reproduced when the whole interval lies within ``+-margin``;
-    contradicted when it excludes 0 and reaches beyond the margin (or a diverged and b did not);
-    inconclusive otherwise."""
+    """Outcome of "a matches b" (lower is better): reproduced when the whole interval lies within
+    ``+-margin``; better than matching when all of it lies below ``-margin`` (a claim of "no loss"
+    then holds with room to spare, but a is not b); contradicted when it excludes 0 and reaches
+    beyond ``+margin`` (or a diverged and b did not); inconclusive otherwise."""
     if d.diverged:
         return CONTRADICTED if d.diverged == "a" else DIVERGED
     where = direction(d)
@@ -161,7 +162,9 @@ def judge_matches(d: Difference, margin: float) -> str:
         return UNDETERMINED
     if -margin <= d.low and d.high <= margin:
         return REPRODUCED
-    if where != "indistinguishable" and (d.low > margin or d.high < -margin):
+    if d.high < -margin:
+        return BETTER
+    if where != "indistinguishable" and d.low > margin:
         return CONTRADICTED
     return INCONCLUSIVE
 

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 
 from paper.markdown import bullets
 from paper.section import Context, Section
-from paper.stats import CONSISTENT, REPRODUCED
+from paper.stats import BETTER, CONSISTENT, REPRODUCED
 
 KEY, TITLE = "discussion", "Discussion: what reproduced and what did not"
-HELD = (REPRODUCED, CONSISTENT)
+HELD = (REPRODUCED, CONSISTENT, BETTER)
 
 
 def findings_paragraph(name: str, findings: Sequence[Mapping]) -> str:

@@ -344,6 +344,10 @@ def test_comparison_wording_never_exceeds_the_interval(a, b):
         assert stats.judge_higher(d) == (stats.REPRODUCED if d.low > 0 else stats.CONTRADICTED)
     if d.has_interval and stats.judge_matches(d, 0.01) == stats.REPRODUCED:
         assert -0.01 <= d.low <= d.high <= 0.01
+    if d.has_interval and stats.judge_matches(d, 0.01) == stats.BETTER:
+        assert d.high < -0.01
+    if d.has_interval and stats.judge_matches(d, 0.01) == stats.CONTRADICTED:
+        assert d.low > 0.01
 
 
 def test_sample_interval_is_student_t():
