@@ -296,11 +296,14 @@ def test_sigint_mid_interval_saves_and_the_resumed_run_is_bit_identical(referenc
         if step == 10:  # drawn before step 11 runs: the loop stops after step 11, between records
             os.kill(os.getpid(), signal.SIGINT)
 
+    # Whatever SIGINT did before (default_int_handler, or SIG_IGN when pytest runs in the background
+    # under nohup), the loop must put it back.
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as stop:
         run(tmp_path, hook=interrupt)
     assert stop.value.step == 11 and stop.value.signal_name == "SIGINT"
     assert stop.value.checkpoint == tmp_path / "checkpoints" / "11" and stop.value.checkpoint.is_dir()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     run(tmp_path)
     assert records(tmp_path) == records(reference[0])
     events = [r["event"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "event"]
