@@ -41,7 +41,7 @@ from flax import nnx
 
 from experiments import charlm, data
 from experiments.gpt import parameter_count
-from experiments.cli import ExperimentCLI, sweep_script_main
+from experiments.cli import ExperimentCLI, run_train, sweep_script_main
 from experiments.results import write_json, write_text
 from experiments.train import TrainConfig, TrainResult, train
 from unitscale.models.bert import BERT, BERTConfig
@@ -314,18 +314,16 @@ def sweep_main(args: argparse.Namespace, *, run_stages: bool) -> int:
     return 0 if ok and (run_stages or not results["problems"]) else 1
 
 
+def summary(result: TrainResult) -> str:
+    """One line: final test MLM loss and accuracy with their 95% intervals."""
+    test = charlm.split_summary(result.final["test"])
+    return (f"final: test MLM loss {test['loss']:.3f} ± {test['loss_ci95']:.3f}, accuracy {test['accuracy']:.4f} ± "
+            f"{test['accuracy_ci95']:.4f} (95% CI over evaluation rows)")
+
+
 def train_main(argv: Sequence[str] | None = None) -> TrainResult:
     """``python -m experiments.bert train ...``: one run."""
-    cli = make_cli()
-    try:
-        args, config = resolve(cli, cli.parse(argv))
-    except ValueError as err:
-        cli.parser.error(str(err))
-    result = train_bert(args, config)
-    test = charlm.split_summary(result.final["test"])
-    print(f"final: test MLM loss {test['loss']:.3f} ± {test['loss_ci95']:.3f}, accuracy {test['accuracy']:.4f} ± "
-          f"{test['accuracy_ci95']:.4f} (95% CI over evaluation rows)")
-    return result
+    return run_train(make_cli(), argv, resolve=resolve, fit=train_bert, summary=summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,11 +49,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from experiments import data
-from experiments.cli import ExperimentCLI, sweep_script_main
-from experiments.gpt import corpus_feeds, load_char_corpus, parameter_count
+from experiments.cli import ExperimentCLI, run_train, sweep_script_main
+from experiments.gpt import build_char_gpt, corpus_feeds
 from experiments.results import dumps, read_json, read_jsonl, write_json, write_text
 from experiments.sweep import CONFIG_FILE, ERROR_FILE, RESULT_FILE, name_runs, run_sweep
 from experiments.train import NonFiniteLossError, TrainConfig, TrainResult, train
@@ -205,22 +204,19 @@ def charlm_loss(model: GPT, batch: data.LMBatch) -> tuple[jax.Array, dict[str, j
 
 def train_charlm(args: argparse.Namespace, config: TrainConfig) -> TrainResult:
     """Load the corpus, build the model and train it with :func:`experiments.train.train`."""
-    corpus = load_char_corpus(args.data, args.cache_dir)
-    gpt_config = model_config(args, corpus.vocab.size)
-    model = GPT(gpt_config, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
-    n_params = parameter_count(model)
-    data.save_vocab(corpus.vocab, Path(config.out_dir) / "vocab.json")
+    lm = build_char_gpt(args, config, model_config)
+    corpus = lm.corpus
     _, loss_scale = numerics(args)
     print(f"char LM {args.mixer}/{args.norm}-norm d{args.d_model}x{args.depth} ({args.variant or ''} "
-          f"{'unit-scaled' if args.unit_scaled else 'standard'}, {gpt_config.precision}, scaling {args.loss_scale}, "
+          f"{'unit-scaled' if args.unit_scaled else 'standard'}, {lm.config.precision}, scaling {args.loss_scale}, "
           f"lr {config.optimizer.lr:g}, seed {config.seed}) on {corpus.source}: vocabulary {corpus.vocab.size}, "
-          f"{n_params:,} parameters", flush=True)
+          f"{lm.parameters:,} parameters", flush=True)
     return train(
-        model, charlm_loss, config, value_and_grad=value_and_grad_with_recipe, recipe_state=loss_scale,
+        lm.model, charlm_loss, config, value_and_grad=value_and_grad_with_recipe, recipe_state=loss_scale,
         skips_nonfinite=loss_scale.skips_nonfinite, **corpus_feeds(corpus, config),
-        describe={"model": gpt_config.to_dict(), "variant": args.variant, "precision": args.precision,
+        describe={"model": lm.config.to_dict(), "variant": args.variant, "precision": args.precision,
                   "scaling": args.loss_scale, "data": corpus.source, "vocab_size": corpus.vocab.size,
-                  "parameters": n_params})
+                  "parameters": lm.parameters})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -868,18 +864,16 @@ def sweep_main(args: argparse.Namespace, *, run_stages: bool) -> int:
     return 0 if ok and (run_stages or not results["problems"]) else 1
 
 
+def summary(result: TrainResult) -> str:
+    """One line: final validation and test bits per character with their 95% intervals."""
+    val, test = split_summary(result.final["val"]), split_summary(result.final["test"])
+    return (f"final: val {val['bits']:.3f} ± {val['bits_ci95']:.3f} bpc, test {test['bits']:.3f} ± "
+            f"{test['bits_ci95']:.3f} bpc (95% CI over evaluation windows)")
+
+
 def train_main(argv: Sequence[str] | None = None) -> TrainResult:
     """``python -m experiments.charlm train ...``: one run, printed like :mod:`experiments.gpt`."""
-    cli = make_cli()
-    try:
-        args, config = resolve(cli, cli.parse(argv))
-    except ValueError as err:
-        cli.parser.error(str(err))
-    result = train_charlm(args, config)
-    val, test = split_summary(result.final["val"]), split_summary(result.final["test"])
-    print(f"final: val {val['bits']:.3f} ± {val['bits_ci95']:.3f} bpc, test {test['bits']:.3f} ± "
-          f"{test['bits_ci95']:.3f} bpc (95% CI over evaluation windows)")
-    return result
+    return run_train(make_cli(), argv, resolve=resolve, fit=train_charlm, summary=summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,9 +10,9 @@ options with :meth:`ExperimentCLI.add`, and gets a :class:`~experiments.train.Tr
     config = cli.train_config(args)
 
 An option the user gives always wins; otherwise ``--quick`` picks the quick value where the script set
-one, else the default. ``--help`` shows both. :func:`run_main` turns the loop's expected stops
-(interrupt, divergence, missing data, unusable checkpoint) into a message and an exit code instead of a
-traceback.
+one, else the default. ``--help`` shows both. :func:`run_train` is a script's one-run command line
+(parse, resolve, train, print a summary); :func:`run_main` turns the loop's expected stops (interrupt,
+divergence, missing data, unusable checkpoint) into a message and an exit code instead of a traceback.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from experiments.checkpoint import CheckpointError
 from experiments.data import DataUnavailableError
 from experiments.optimizers import OPTIMIZERS, SCHEDULES, OptimizerConfig
 from experiments.parallel import initialize_distributed
-from experiments.train import NonFiniteLossError, ResumeError, TrainConfig, TrainingInterrupted
+from experiments.train import NonFiniteLossError, ResumeError, TrainConfig, TrainingInterrupted, TrainResult
 from ipu_sim.hardware import SYSTEMS, get_system
 
 _UNSET = object()
@@ -189,6 +189,22 @@ def _help_text(help: str, default: Any, quick: Any) -> str:
     if quick is not _UNSET:
         shown += f"{'; ' if shown else ''}--quick: {quick}"
     return f"{help} ({shown})" if shown else help
+
+
+def run_train(cli: ExperimentCLI, argv: Sequence[str] | None, *,
+              resolve: Callable[[ExperimentCLI, argparse.Namespace], tuple[argparse.Namespace, TrainConfig]],
+              fit: Callable[[argparse.Namespace, TrainConfig], TrainResult],
+              summary: Callable[[TrainResult], str]) -> TrainResult:
+    """One run from the command line: parse ``argv`` with ``cli``, ``resolve`` the options into the run's
+    :class:`TrainConfig`, ``fit`` and print ``summary(result)``. A ValueError from ``resolve`` is a usage
+    error (usage and message on stderr, exit status 2), as argparse treats a bad option."""
+    try:
+        args, config = resolve(cli, cli.parse(argv))
+    except ValueError as err:
+        cli.parser.error(str(err))
+    result = fit(args, config)
+    print(summary(result))
+    return result
 
 
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import data
-from experiments.cli import ExperimentCLI, run_main
+from experiments.cli import ExperimentCLI, run_main, run_train
 from experiments.progress import format_rate
 from experiments.train import TrainConfig, TrainResult, train
 from unitscale.models.gpt import GPT, GPTConfig, lm_loss
@@ -118,23 +118,43 @@ def corpus_feeds(corpus: CharCorpus, config: TrainConfig) -> dict[str, Any]:
                            "test": lambda: data.lm_eval_batches(corpus.test, **shape)})
 
 
-def train_gpt(args: argparse.Namespace, config: TrainConfig) -> TrainResult:
-    """Load the corpus, build the model and train it with :func:`experiments.train.train`."""
+@dataclasses.dataclass(frozen=True)
+class CharGPT:
+    """A GPT built for a character corpus: the encoded corpus, the model's config, the model and its
+    number of parameters."""
+
+    corpus: CharCorpus
+    config: GPTConfig
+    model: GPT = dataclasses.field(repr=False)
+    parameters: int
+
+
+def build_char_gpt(args: argparse.Namespace, config: TrainConfig,
+                   model_config: Callable[[argparse.Namespace, int], GPTConfig]) -> CharGPT:
+    """Load ``args.data`` as characters, build ``GPT(model_config(args, vocabulary size))`` initialised
+    from ``config.seed`` (dropout from ``config.seed + 1``) and save the vocabulary to
+    ``config.out_dir/vocab.json``."""
     corpus = load_char_corpus(args.data, args.cache_dir)
     gpt_config = model_config(args, corpus.vocab.size)
     model = GPT(gpt_config, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
-    n_params = parameter_count(model)
     data.save_vocab(corpus.vocab, Path(config.out_dir) / "vocab.json")
+    return CharGPT(corpus, gpt_config, model, parameter_count(model))
+
+
+def train_gpt(args: argparse.Namespace, config: TrainConfig) -> TrainResult:
+    """Load the corpus, build the model and train it with :func:`experiments.train.train`."""
+    lm = build_char_gpt(args, config, model_config)
+    corpus = lm.corpus
     _, loss_scale = numerics(args)
-    print(f"GPT {args.size} ({'unit-scaled' if args.unit_scaled else 'standard'}, {gpt_config.precision}, "
+    print(f"GPT {args.size} ({'unit-scaled' if args.unit_scaled else 'standard'}, {lm.config.precision}, "
           f"scaling {args.loss_scale}) on {corpus.source}: {len(corpus.train):,} training characters, "
           f"vocabulary {corpus.vocab.size}")
     return train(
-        model, lm_loss, config, value_and_grad=value_and_grad_with_recipe, recipe_state=loss_scale,
+        lm.model, lm_loss, config, value_and_grad=value_and_grad_with_recipe, recipe_state=loss_scale,
         skips_nonfinite=loss_scale.skips_nonfinite, **corpus_feeds(corpus, config),
-        describe={"model": gpt_config.to_dict(), "size": args.size, "precision": args.precision,
+        describe={"model": lm.config.to_dict(), "size": args.size, "precision": args.precision,
                   "loss_scale": args.loss_scale, "data": corpus.source, "vocab_size": corpus.vocab.size,
-                  "parameters": n_params})
+                  "parameters": lm.parameters})
 
 
 def summary(result: TrainResult) -> str:
@@ -161,11 +181,7 @@ def _resolve(cli: ExperimentCLI, args: argparse.Namespace) -> tuple[argparse.Nam
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    cli = make_cli()
-    args, config = _resolve(cli, cli.parse(argv))
-    result = train_gpt(args, config)
-    print(summary(result))
-    return result
+    return run_train(make_cli(), argv, resolve=_resolve, fit=train_gpt, summary=summary)
 
 
 def run(config: Mapping[str, Any], run_dir: str | Path) -> dict:

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from experiments.checkpoint import CheckpointError
-from experiments.cli import EXIT_DIVERGED, EXIT_UNUSABLE, ExperimentCLI, run_main
+from experiments.cli import EXIT_DIVERGED, EXIT_UNUSABLE, ExperimentCLI, run_main, run_train
 from experiments.optimizers import OptimizerConfig, decay_mask, learning_rate_schedule, make_optimizer
-from experiments.train import NonFiniteLossError, TrainConfig, TrainingInterrupted
+from experiments.train import NonFiniteLossError, TrainConfig, TrainingInterrupted, TrainResult
 
 
 def make_cli():
@@ -91,6 +91,41 @@ def test_a_bad_value_exits_with_a_message_naming_it(capsys):
 def test_script_defaults_must_name_shared_options():
     with pytest.raises(ValueError, match=r"unknown shared options \['widht'\]"):
         ExperimentCLI("prog", "x", defaults={"widht": 3})
+
+
+# ---------------------------------------------------------------------------------------------
+# One run: parse -> resolve -> fit -> summary
+# ---------------------------------------------------------------------------------------------
+
+def _resolve_width(cli, args):
+    if args.width % args.heads:
+        raise ValueError(f"--width {args.width} is not a multiple of --heads {args.heads}")
+    args.lr = args.width / 1e5
+    return args, cli.train_config(args)
+
+
+def test_run_train_fits_the_resolved_options_and_prints_the_summary(capsys):
+    fitted = []
+
+    def fit(args, config):
+        fitted.append((args.width, config.optimizer.lr, config.steps))
+        return TrainResult(model=None, step=config.steps, final={"loss": 1.5}, record={}, out_dir=Path(config.out_dir))
+
+    result = run_train(make_cli(), ["--width", "64", "--quick"], resolve=_resolve_width, fit=fit,
+                       summary=lambda r: f"final loss {r.final['loss']} after {r.step} steps")
+    assert fitted == [(64, 64 / 1e5, 40)] and result.step == 40
+    assert capsys.readouterr().out == "final loss 1.5 after 40 steps\n"
+
+
+def test_run_train_reports_a_resolve_error_as_a_usage_error(capsys):
+    def fit(args, config):
+        raise AssertionError("fit must not run after a usage error")
+
+    with pytest.raises(SystemExit) as stop:
+        run_train(make_cli(), ["--width", "30", "--heads", "4"], resolve=_resolve_width, fit=fit, summary=str)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: prog") and "prog: error: --width 30 is not a multiple of --heads 4" in err
 
 
 # ---------------------------------------------------------------------------------------------
