@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import math
 import numbers as numbers_
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 _MISSING = object()
+Kind = type | tuple[type, ...]
 
 
 class ResultError(ValueError):
@@ -101,6 +102,30 @@ def numbers(values: list, key: str, path: str | Path) -> list[float]:
         else:
             raise ResultError(path, f"{key}[{i}] must be a number, got {_name(v)}")
     return out
+
+
+def variant_table(data: Any, path: str | Path, *, select: Callable[[list, str | Path], list[dict]], split: str,
+                  option_keys: Mapping[str, Kind], row_keys: Mapping[str, Kind]) -> tuple[dict, list[dict]]:
+    """The checked ``variants`` and ``table`` rows of an experiment's ``results.json`` (``data``, read from
+    ``path``): every variant has a string ``label`` and ``options`` with ``option_keys`` of their kinds;
+    ``select(table, path)`` picks the rows of ``split`` a section reads (raising if it lacks any it
+    needs); each has ``row_keys`` of their kinds, ``values`` read by :func:`numbers` (in place) and a
+    ``variant`` that ``variants`` describes."""
+    variants = get(data, "variants", path, dict)
+    for name in variants:
+        get(variants, f"{name}.label", path, str)
+        for key, kind in option_keys.items():
+            get(variants, f"{name}.options.{key}", path, kind)
+    rows = select(get(data, "table", path, list), path)
+    for i, row in enumerate(rows):
+        where = f"{path} ({split} table row {i})"
+        for key, kind in row_keys.items():
+            get(row, key, where, kind)
+        row["values"] = numbers(row["values"], "values", where)
+        if row["variant"] not in variants:
+            raise ResultError(path, f"{split} table row {i} names variant {row['variant']!r}, "
+                                    "which 'variants' does not describe")
+    return variants, rows
 
 
 def _name(value: Any) -> str:

@@ -10,7 +10,7 @@ with ``size`` and ``variant``, ``diverged_at_step``, ``val`` {step, loss}); the 
 
 from __future__ import annotations
 
-from paper.files import ResultError, get, numbers, read_json
+from paper.files import ResultError, get, numbers, read_json, variant_table
 from paper.grid import Curve, grid_table, plot_curves, settings_text
 from paper.markdown import caption, figure
 from paper.section import Context, Section
@@ -32,27 +32,20 @@ def load(ctx: Context) -> dict:
     base = ctx.results / "bert"
     path = base / "results.json"
     data = read_json(path)
-    variants = get(data, "variants", path, dict)
-    for name in variants:
-        get(variants, f"{name}.label", path, str)
-        for key, kind in OPTION_KEYS.items():
-            get(variants, f"{name}.options.{key}", path, kind)
-    rows = [r for r in get(data, "table", path, list)
-            if isinstance(r, dict) and r.get("split") == SPLIT and r.get("metric") in METRICS]
-    if not {r["metric"] for r in rows} >= set(METRICS):
-        raise ResultError(path, f"'table' lacks {SPLIT!r} rows of the metrics {list(METRICS)}")
-    for i, row in enumerate(rows):
-        where = f"{path} ({SPLIT} table row {i})"
-        for key, kind in TABLE_KEYS.items():
-            get(row, key, where, kind)
-        row["values"] = numbers(row["values"], "values", where)
-        if row["variant"] not in variants:
-            raise ResultError(path, f"{SPLIT} table row {i} names variant {row['variant']!r}, "
-                                    "which 'variants' does not describe")
+    variants, rows = variant_table(data, path, select=_metric_rows, split=SPLIT, option_keys=OPTION_KEYS,
+                                   row_keys=TABLE_KEYS)
     return {"variants": variants, "rows": rows, "profile": get(data, "profile", path, str),
             "settings": get(data, "settings", path, dict), "problems": get(data, "problems", path, list),
             "base_settings": get(data, "base_settings", path, dict, {}),
             "curves": load_curves(base / "curves.json"), "base": base}
+
+
+def _metric_rows(table: list, path) -> list[dict]:
+    """The rows of ``SPLIT`` and ``METRICS``; every metric must have some."""
+    rows = [r for r in table if isinstance(r, dict) and r.get("split") == SPLIT and r.get("metric") in METRICS]
+    if not {r["metric"] for r in rows} >= set(METRICS):
+        raise ResultError(path, f"'table' lacks {SPLIT!r} rows of the metrics {list(METRICS)}")
+    return rows
 
 
 def model_name(stage: str, size: str) -> str:

@@ -12,7 +12,7 @@ one ``experiments.charlm.write_outputs`` documents.
 from __future__ import annotations
 
 from paper import reference
-from paper.files import ResultError, get, numbers, read_json
+from paper.files import ResultError, get, numbers, read_json, variant_table
 from paper.grid import Curve, grid_table, plot_curves, settings_text
 from paper.markdown import caption, figure
 from paper.section import Context, Section
@@ -36,27 +36,22 @@ def load(ctx: Context) -> dict:
     base = ctx.results / "charlm"
     path = base / "results.json"
     data = read_json(path)
-    variants = get(data, "variants", path, dict)
-    for name in variants:
-        get(variants, f"{name}.label", path, str)
-        for key, kind in OPTION_KEYS.items():
-            get(variants, f"{name}.options.{key}", path, kind)
-    rows = [r for r in get(data, "table", path, list)
-            if isinstance(r, dict) and r.get("split") == SPLIT and r.get("metric", METRIC) == METRIC]
-    if not rows:
-        raise ResultError(path, f"'table' has no {SPLIT!r} rows")
-    for i, row in enumerate(rows):
-        for key, kind in TABLE_KEYS.items():
-            get(row, key, f"{path} ({SPLIT} table row {i})", kind)
-        row["values"] = numbers(row["values"], "values", f"{path} ({SPLIT} table row {i})")
-        if row["variant"] not in variants:
-            raise ResultError(path, f"{SPLIT} table row {i} names variant {row['variant']!r}, "
-                                    "which 'variants' does not describe")
+    variants, rows = variant_table(data, path, select=_metric_rows, split=SPLIT, option_keys=OPTION_KEYS,
+                                   row_keys=TABLE_KEYS)
     return {"variants": variants, "rows": rows, "profile": get(data, "profile", path, str),
             "settings": get(data, "settings", path, dict),
             "learning_rates": get(data, "learning_rates", path, dict),
             "problems": get(data, "problems", path, list),
             "curves": load_curves(base / "curves.json"), "base": base}
+
+
+def _metric_rows(table: list, path) -> list[dict]:
+    """The rows of ``SPLIT`` and ``METRIC`` (a row without a metric is one of bits); there must be some."""
+    rows = [r for r in table
+            if isinstance(r, dict) and r.get("split") == SPLIT and r.get("metric", METRIC) == METRIC]
+    if not rows:
+        raise ResultError(path, f"'table' has no {SPLIT!r} rows")
+    return rows
 
 
 def load_curves(path) -> list[dict]:
