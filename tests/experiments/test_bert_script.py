@@ -1,8 +1,6 @@
 """experiments.bert: the grid and BERT-Base stages end to end on a reduced profile, the documented
 result files, the summariser's problem report, and the masked-LM loss totals."""
 
-import contextlib
-import io
 import json
 import math
 import shutil
@@ -17,6 +15,7 @@ from experiments import bert, data
 from experiments.results import read_json
 from experiments.sweep import RESULT_FILE
 
+SCRIPT = bert  # run by the fixtures of tests/experiments/conftest.py
 TINY = Path(__file__).parent / "data" / "tiny.txt"
 
 # Two runs for the test budget: the grid stage with FP16 + dynamic loss scaling (standard), and the
@@ -46,23 +45,6 @@ seed = [0]
 variant = "fp8-unit"
 steps = 4
 """
-
-
-def _main(argv):
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = bert.main(argv)
-    return code, printed.getvalue()
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bert")
-    spec = root / "spec.toml"
-    spec.write_text(SPEC)
-    argv = ["--spec", str(spec), "--profile", "t", "--out", str(root / "out"), "--runs", str(root / "runs")]
-    code, printed = _main(argv)
-    return root, argv, code, printed
 
 
 def test_both_stages_run_and_write_the_documented_files(sweep):
@@ -99,7 +81,7 @@ def test_curves_hold_mlm_loss_and_accuracy(sweep):
     assert "gradients_underflow" in base["train"]
 
 
-def test_summariser_reports_a_missing_and_a_malformed_run(sweep, tmp_path):
+def test_summariser_reports_a_missing_and_a_malformed_run(sweep, tmp_path, run_script):
     root, argv, _, _ = sweep
     runs = tmp_path / "runs"
     shutil.copytree(root / "runs", runs)
@@ -107,7 +89,7 @@ def test_summariser_reports_a_missing_and_a_malformed_run(sweep, tmp_path):
     saved = read_json(runs / "grid" / "run" / RESULT_FILE)
     saved["result"]["status"] = "exploded"
     (runs / "grid" / "run" / RESULT_FILE).write_text(json.dumps(saved))
-    code, printed = _main(["summarise", *argv[:4], "--out", str(tmp_path / "out"), "--runs", str(runs)])
+    code, printed = run_script(["summarise", *argv[:4], "--out", str(tmp_path / "out"), "--runs", str(runs)])
     assert code == 1
     problems = {p["run"]: p for p in read_json(tmp_path / "out" / "results.json")["problems"]}
     assert problems["base/run"]["status"] == "missing" and "unfinished" in problems["base/run"]["problem"]

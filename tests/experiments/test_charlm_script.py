@@ -1,8 +1,6 @@
 """experiments.charlm: the two-stage sweep end to end on a reduced grid, the result files it documents,
 the summariser's report of missing / failed / malformed runs, divergence records and the statistics."""
 
-import contextlib
-import io
 import json
 import math
 import shutil
@@ -18,6 +16,7 @@ from experiments.results import append_jsonl, read_json
 from experiments.sweep import RESULT_FILE, name_runs
 from experiments.train import NonFiniteLossError, eval_metrics
 
+SCRIPT = charlm  # run by the fixtures of tests/experiments/conftest.py
 TINY = Path(__file__).parent / "data" / "tiny.txt"
 PLOTS = ("bpc_table.png", "curves_fp16.png", "curves_fp8.png", "lr_sweep.png")
 
@@ -71,23 +70,6 @@ seed = [0]
 """
 
 
-def _main(argv):
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = charlm.main(argv)
-    return code, printed.getvalue()
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("charlm")
-    spec = root / "spec.toml"
-    spec.write_text(SPEC)
-    argv = ["--spec", str(spec), "--profile", "t", "--out", str(root / "out"), "--runs", str(root / "runs")]
-    code, printed = _main(argv)
-    return root, argv, code, printed
-
-
 def test_sweep_runs_both_stages_and_writes_the_documented_files(sweep):
     root, _, code, printed = sweep
     out = root / "out"
@@ -135,14 +117,14 @@ def test_curves_and_table_describe_every_run(sweep):
     assert text.count("±") == 2 and "FP8 unit-scaled, no scaling" in text
 
 
-def test_rerun_skips_finished_runs(sweep):
+def test_rerun_skips_finished_runs(sweep, run_script):
     _, argv, _, _ = sweep
-    code, printed = _main(argv)
+    code, printed = run_script(argv)
     assert code == 0
     assert printed.count("2 runs, 2 already done, 0 to run") == 2
 
 
-def test_summariser_reports_missing_failed_and_malformed_runs(sweep, tmp_path):
+def test_summariser_reports_missing_failed_and_malformed_runs(sweep, tmp_path, run_script):
     root, argv, _, _ = sweep
     spec, runs, out = tmp_path / "spec.toml", tmp_path / "runs", tmp_path / "out"
     spec.write_text(SPEC + MORE)
@@ -156,7 +138,8 @@ def test_summariser_reports_missing_failed_and_malformed_runs(sweep, tmp_path):
     (runs / "grid" / names[1] / RESULT_FILE).write_text(json.dumps(saved))
     (runs / "grid" / names[3]).mkdir()
     (runs / "grid" / names[3] / "error.txt").write_text("Traceback ...\nRuntimeError: out of memory\n")
-    code, printed = _main(["summarise", "--spec", str(spec), "--profile", "t", "--out", str(out), "--runs", str(runs)])
+    code, printed = run_script(["summarise", "--spec", str(spec), "--profile", "t", "--out", str(out),
+                                "--runs", str(runs)])
     assert code == 1
     problems = {p["run"]: p for p in read_json(out / "results.json")["problems"]}
     expected = [("malformed", "not valid JSON"), ("malformed", "lacks the result fields ['test']"),
@@ -168,7 +151,7 @@ def test_summariser_reports_missing_failed_and_malformed_runs(sweep, tmp_path):
     assert (out / "table.md").read_text().count("n/a") == 4
 
 
-def test_summariser_flags_a_run_made_with_another_config(sweep, tmp_path):
+def test_summariser_flags_a_run_made_with_another_config(sweep, tmp_path, run_script):
     root, argv, _, _ = sweep
     runs = tmp_path / "runs"
     shutil.copytree(root / "runs", runs)
@@ -176,7 +159,7 @@ def test_summariser_flags_a_run_made_with_another_config(sweep, tmp_path):
     saved = read_json(path)
     saved["config"]["steps"] = 7
     path.write_text(json.dumps(saved))
-    code, printed = _main(["summarise", *argv[:4], "--out", str(tmp_path / "out"), "--runs", str(runs)])
+    code, printed = run_script(["summarise", *argv[:4], "--out", str(tmp_path / "out"), "--runs", str(runs)])
     assert code == 1 and "another config than the spec's" in printed
 
 
