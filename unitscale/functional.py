@@ -707,6 +707,10 @@ def scaled_dot_product_attention(
     Backward query, key, value: ``s`` each.
     The muP logit scale makes query/key gradients small by design: for near-uniform attention
     their std is about ``mult * d_head^-1/2``; output and value gradient are about unit.
+    The scale assumes values independent across key positions: a component shared by all positions
+    passes the average unchanged and leaves multiplied by ``s`` (about 5 for causal S = 128 and
+    ``mult`` 1). In post-norm stacks this compounds until training collapses; a larger ``mult``
+    (sharper softmax, ``s`` near 1) avoids it (see :class:`unitscale.models.config.TransformerConfig`).
     """
     q, k, v = (_float_array(t, n) for t, n in ((query, "query"), (key, "key"), (value, "value")))
     _check_attention_shapes(q, k, v)

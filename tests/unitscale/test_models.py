@@ -219,9 +219,19 @@ def test_unit_scaled_gpt_with_layer_norm_and_biases_has_unit_gradients():
 @pytest.mark.xfail(strict=True, reason=(
     "Attention after the first layer is far from unit (std 2-4 at depth 4): its inputs share a "
     "component across positions (earlier attention outputs are prefix means), which the fitted "
-    "output scale sqrt(S/log S), derived for independent values, amplifies"))
+    "output scale sqrt(S/log S), derived for independent values, amplifies. In post-norm models "
+    "this makes training collapse to the unigram loss (results/charlm); see the test below"))
 def test_unit_scaled_attention_branches_stay_within_the_reference_tolerance():
     branches = _init_report("gpt", mixer="attention", depth=4)[4]
+    assert all(abs(b - 1) <= 0.5 for b in branches), branches
+
+
+# A sharp softmax (mult 32 at d_head 32: logits q.k, std ~sqrt(d_head)) attends to few positions, so
+# the output scale stays near 1 and a shared component is not amplified (at mult 1 the branch stds
+# are 1.0, 2.3, 3.6, 4.2 for the GPT and 5.0, 10.1 for BERT; at mult 8, 1.1-1.9 and 2.7-3.9).
+@pytest.mark.parametrize("kind,depth", [("gpt", 4), ("bert", 2)])
+def test_sharp_softmax_keeps_unit_scaled_attention_branches_within_the_reference_tolerance(kind, depth):
+    branches = _init_report(kind, depth=depth, attn_softmax_mult=32.0)[4]
     assert all(abs(b - 1) <= 0.5 for b in branches), branches
 
 

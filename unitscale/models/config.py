@@ -46,6 +46,14 @@ class TransformerConfig:
     (``attn_softmax_mult``, ``ffn_act_mult``, ``loss_softmax_mult``, and the residual rule) are used
     by the unit-scaled model only. Parameters stay float32.
 
+    Post-norm and unit-scaled: raise ``attn_softmax_mult`` (32 at d_head 32; results/charlm). At
+    the default 1 attention is near-uniform at init, and its output scale (sqrt(S) bidirectional,
+    sqrt(S / log S) causal) multiplies any component the values share across positions by up to
+    that factor. After the first layer the values share such a component; each post-norm LayerNorm
+    rescales the sum to unit, so the amplified shared part crowds out the token's own signal layer
+    by layer, and training collapses to input-independent outputs (unigram loss). A larger
+    multiplier sharpens the softmax, so the scale stays near 1.
+
     ``precision`` is the model's :class:`~unitscale.precision.PrecisionPolicy` or a preset name
     (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"fp8"``, ``"fp8_fnuz"``, ``"umup_fp8"``, ``"mxfp8"``, ...;
     see ``unitscale.precision.PRESETS``), applied by every weight matmul; the same model runs in another
