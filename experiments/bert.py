@@ -77,7 +77,8 @@ def make_cli() -> ExperimentCLI:
     cli.add_model_options(precision="fp32", precisions=charlm.PRECISIONS, loss_scale="none",
                           loss_scales=charlm.LOSS_SCALES)
     cli.add("--variant", default=None, choices=list(charlm.VARIANTS), group=model,
-            help="sets --precision, --scaling and --standard/--unit-scaled together")
+            help="sets --precision, --scaling and --standard/--unit-scaled together (and --attn-softmax-mult "
+                 "for the *-attn32 variants)")
     return cli
 
 
@@ -90,7 +91,7 @@ def model_config(args: argparse.Namespace, vocab_size: int) -> BERTConfig:
     """The BERT of the parsed options: no token types or classifier (single-segment MLM)."""
     return BERTConfig(vocab_size=vocab_size, max_len=args.seq_len, dropout=args.dropout, type_vocab_size=0,
                       num_labels=0, unit_scaled=args.unit_scaled, precision=charlm.numerics(args)[0],
-                      **SIZES[args.size])
+                      attn_softmax_mult=args.attn_softmax_mult, **SIZES[args.size])
 
 
 def bert_loss(model: BERT, batch: data.MLMBatch) -> tuple[jax.Array, dict[str, jax.Array]]:

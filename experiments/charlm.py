@@ -105,6 +105,14 @@ VARIANTS: Mapping[str, Variant] = {v.name: v for v in (
              unit_scaled=False),
     _variant("fp8-standard", "FP8 standard, no scaling", precision="fp8", loss_scale="none", unit_scaled=False),
     _variant("fp8-unit", "FP8 unit-scaled, no scaling", precision="fp8", loss_scale="none", unit_scaled=True),
+    # The unit-scaled variants with a sharp attention softmax, which post-norm models need (see
+    # unitscale.models.config.TransformerConfig): u-muP's alpha_attn-softmax 32 instead of 1.
+    _variant("fp32-unit-attn32", "FP32 unit-scaled, α_attn 32", precision="fp32", loss_scale="none",
+             unit_scaled=True, attn_softmax_mult=32.0),
+    _variant("fp16-unit-attn32", "FP16 unit-scaled, α_attn 32", precision="fp16", loss_scale="none",
+             unit_scaled=True, attn_softmax_mult=32.0),
+    _variant("fp8-unit-attn32", "FP8 unit-scaled, α_attn 32", precision="fp8", loss_scale="none",
+             unit_scaled=True, attn_softmax_mult=32.0),
 )}
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +146,8 @@ def make_cli() -> ExperimentCLI:
     cli.add("--dropout", type=float, default=0.0, group=model, help="dropout rate")
     cli.add_model_options(precision="fp32", precisions=PRECISIONS, loss_scale="none", loss_scales=LOSS_SCALES)
     cli.add("--variant", default=None, choices=list(VARIANTS), group=model,
-            help="sets --precision, --scaling and --standard/--unit-scaled together")
+            help="sets --precision, --scaling and --standard/--unit-scaled together (and --attn-softmax-mult "
+                 "for the *-attn32 variants)")
     return cli
 
 
@@ -171,7 +180,8 @@ def model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
     """The GPT of the parsed options for ``vocab_size`` characters and context ``args.seq_len``."""
     return GPTConfig(vocab_size=vocab_size, max_len=args.seq_len, d_model=args.d_model, depth=args.depth,
                      heads=args.heads, ffn_ratio=args.ffn_ratio, dropout=args.dropout, mixer=args.mixer,
-                     norm_placement=args.norm, unit_scaled=args.unit_scaled, precision=numerics(args)[0])
+                     norm_placement=args.norm, unit_scaled=args.unit_scaled, precision=numerics(args)[0],
+                     attn_softmax_mult=args.attn_softmax_mult)
 
 
 def window_totals(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:
@@ -682,9 +692,10 @@ CURVE_FIGURES: Mapping[str, tuple[str, ...]] = {
     "fp16": ("fp32-standard", "fp16-standard", "fp16-standard-static", "fp16-standard-dynamic", "fp32-unit",
              "fp16-unit"),
     "fp8": ("fp32-standard", "fp8-standard", "fp8-standard-delayed", "fp32-unit", "fp8-unit"),
+    "attn32": ("fp32-standard", "fp32-unit", "fp32-unit-attn32", "fp16-unit-attn32", "fp8-unit-attn32"),
 }
 _COLOURS = dict(zip(VARIANTS, ("black", "tab:grey", "tab:red", "tab:orange", "tab:olive", "tab:blue", "tab:purple",
-                               "tab:brown", "tab:cyan")))
+                               "tab:brown", "tab:cyan", "tab:green", "tab:pink", "darkgoldenrod")))
 
 
 def _figure(width: float, height: float):

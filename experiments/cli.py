@@ -139,6 +139,10 @@ class ExperimentCLI:
         scaled.add_argument("--standard", dest="unit_scaled", action="store_false",
                             help=f"standard (unscaled) model{'' if unit_scaled else ' (default)'}")
         self._defaults["unit_scaled"] = unit_scaled
+        # Post-norm unit-scaled attention collapses at 1 (unitscale.models.config.TransformerConfig).
+        self.add("--attn-softmax-mult", type=float, default=1.0, group=group,
+                 help="u-muP's alpha_attn-softmax: attention logits mult/d_head (unit-scaled models only; "
+                      "post-norm models need ~32 at d_head 32)")
 
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
         """Parse ``argv``, fill unset options from the quick values or defaults, and join a cluster if asked."""

@@ -101,7 +101,8 @@ def model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
     """The GPT of the parsed options for a vocabulary of ``vocab_size`` ids and context ``args.seq_len``."""
     policy, _ = numerics(args)
     return GPTConfig(vocab_size=vocab_size, max_len=args.seq_len, dropout=args.dropout, mixer=args.mixer,
-                     unit_scaled=args.unit_scaled, precision=policy, dtype=policy.compute_dtype, **SIZES[args.size])
+                     unit_scaled=args.unit_scaled, precision=policy, dtype=policy.compute_dtype,
+                     attn_softmax_mult=args.attn_softmax_mult, **SIZES[args.size])
 
 
 def parameter_count(model: nnx.Module) -> int:

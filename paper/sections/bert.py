@@ -26,6 +26,12 @@ TABLE_KEYS = {"stage": str, "size": str, "variant": str, "split": str, "metric":
 # scaling is compared with the FP32 standard baseline of the same model.
 CLAIM = "unit-scaled FP16 and FP8 without loss scaling match the FP32 baseline"
 BASELINE = ("fp32", False, "none")
+SHARP_NOTE = (
+    "The α_attn columns use u-μP's attention softmax multiplier α_attn-softmax = 32 instead of 1. "
+    "BERT is post-norm, and at α = 1 its unit-scaled model fails as the post-norm character LMs do: "
+    "bidirectional near-uniform attention's fixed output scale (sqrt(S) = 11 here) amplifies what the "
+    "values share across positions, and each LayerNorm lets that crowd out the token (see the "
+    "character-level section).")
 
 
 def load(ctx: Context) -> dict:
@@ -117,6 +123,7 @@ def render(ctx: Context, data: dict) -> Section:
         grid_table(accuracy, models, cols, labels, "model", None, accuracy_absent),
         figure(ctx.link("bert_curves.png"), "BERT validation curves", "Figure 1b",
                f"Validation MLM loss during training, {chosen}, every run.", ctx.quick),
+        *([SHARP_NOTE] if any(variants[v]["options"].get("attn_softmax_mult", 1.0) != 1.0 for v in cols) else []),
         f"The paper's finding that {CLAIM}, judged on these numbers (no equivalence margin: "
         "\"consistent\" means the 95% interval of the difference contains 0):\n\n"
         + ("\n".join(f"- **{f['outcome']}**: {f['text']}." for f in judged) or "- no comparable pair of cells."),

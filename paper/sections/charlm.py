@@ -23,13 +23,31 @@ SPLIT, METRIC = "test", "bits"
 TABLE_KEYS = {"mixer": str, "norm": str, "variant": str, "split": str, "values": list, "diverged": int,
               "runs": int, "ci95": float, "ci_kind": (str, type(None))}
 OPTION_KEYS = {"precision": str, "loss_scale": str, "unit_scaled": bool}
-# Beyond the paper's findings (paper.reference.FINDINGS): the same questions for FP8 with no scaling.
+# Beyond the paper's findings (paper.reference.FINDINGS): the same questions for FP8 with no scaling,
+# and for the unit-scaled models with a sharp attention softmax (alpha_attn-softmax 32; a column's
+# fourth entry, 1 where not given).
+SHARP = 32.0
 EXTENSIONS = (
     ("fp8-standard-degrades", "FP8 standard without any scaling degrades against FP32 standard",
      ("fp8", "standard", "none"), ("fp32", "standard", "none"), "higher"),
     ("unit-fp8-matches", "unit-scaled FP8 without any scaling matches FP32 standard",
      ("fp8", "unit-scaled", "none"), ("fp32", "standard", "none"), "matches"),
-)
+) + tuple(
+    (f"unit-{p}-attn32-matches", f"unit-scaled {p.upper()} with alpha_attn-softmax 32, no scaling, matches FP32 "
+     "standard", (p, "unit-scaled", "none", SHARP), ("fp32", "standard", "none"), "matches")
+    for p in ("fp32", "fp16", "fp8"))
+
+
+SHARP_NOTE = (
+    "The α_attn columns rerun the unit-scaled attention models with u-μP's attention softmax "
+    "multiplier α_attn-softmax = 32 instead of 1. At α = 1 attention is near-uniform at "
+    "initialisation and its fixed output scale (about 5 for a causal sequence of 128, 11 without a "
+    "mask) is derived for values independent across positions; any component the values share "
+    "across positions, as they do after the first layer, leaves amplified by that factor. In a "
+    "post-norm model each LayerNorm then rescales the sum so that the shared part crowds out the "
+    "token's own signal: the unit-scaled post-norm models end with outputs that do not depend on "
+    "the input (the unigram loss). A sharper softmax keeps the scale near 1 and the model trains "
+    "(`unitscale.models.config.TransformerConfig`; tests in `tests/unitscale/test_models.py`).")
 
 
 def load(ctx: Context) -> dict:
@@ -77,10 +95,21 @@ def model_name(mixer: str, norm: str) -> str:
     return f"{mixer} {norm}-norm"
 
 
-def column_of(options: dict) -> tuple[str, str, str]:
-    """A variant's (precision, parametrisation, loss scaling), the key of the reference table."""
+def column_of(options: dict) -> tuple[str, str, str, float]:
+    """A variant's (precision, parametrisation, loss scaling, attention softmax multiplier)."""
     return (options["precision"], "unit-scaled" if options["unit_scaled"] else "standard",
-            options["loss_scale"])
+            options["loss_scale"], float(options.get("attn_softmax_mult", 1.0)))
+
+
+def _full(column: tuple) -> tuple:
+    """A finding's column with the default softmax multiplier 1 when it names none."""
+    return column if len(column) == 4 else (*column, 1.0)
+
+
+def paper_bpc(model: str, column: tuple) -> float | None:
+    """The paper's number for a column it has (its attention softmax is the default one)."""
+    column = _full(column)
+    return reference.BPC.get((model, column[:3])) if column[3] == 1.0 else None
 
 
 def samples(rows: list[dict], key) -> tuple[dict[tuple, Sample], dict[tuple, str]]:
@@ -101,7 +130,7 @@ def findings(cells: dict, models: list[str], variants: dict) -> list[dict]:
     by_column = {column_of(v["options"]): name for name, v in variants.items()}
     out = []
     for key, claim, a, b, kind in reference.FINDINGS + EXTENSIONS:
-        va, vb = by_column.get(a), by_column.get(b)
+        va, vb = by_column.get(_full(a)), by_column.get(_full(b))
         for m in models:
             if (m, va) not in cells or (m, vb) not in cells:
                 continue
@@ -109,7 +138,7 @@ def findings(cells: dict, models: list[str], variants: dict) -> list[dict]:
             outcome = judge_higher(d) if kind == "higher" else judge_matches(d, reference.CI_HALF_WIDTH)
             text = (f"{m}, {variants[va]['label']} against {variants[vb]['label']}: "
                     f"{compared(d, 'bpc', 'worse', 'better')}")
-            paper = [reference.BPC.get((m, c)) for c in (a, b)]
+            paper = [paper_bpc(m, c) for c in (a, b)]
             if None not in paper:
                 text += f" (paper: {paper[0] - paper[1]:+.3f} bpc)"
             out.append({"finding": key, "claim": claim, "variant": m, "outcome": outcome,
@@ -125,8 +154,8 @@ def render(ctx: Context, data: dict) -> Section:
     models = list(dict.fromkeys(model_name(r["mixer"], r["norm"]) for r in rows))
     cols = [v for v in variants if any(r["variant"] == v for r in rows)]
     labels = {v: variants[v]["label"] for v in cols}
-    ref = {(m, name): reference.BPC[(m, column_of(variants[name]["options"]))] for m in models
-           for name in cols if (m, column_of(variants[name]["options"])) in reference.BPC}
+    ref = {(m, name): bpc for m in models for name in cols
+           if (bpc := paper_bpc(m, column_of(variants[name]["options"]))) is not None}
     chosen = "attention pre-norm" if "attention pre-norm" in models else models[0]
     curves = [Curve(c["variant"], tuple(c["steps"]), tuple(c["bits"]), c["diverged_at"])
               for c in data["curves"] if model_name(c["mixer"], c["norm"]) == chosen and c["variant"] in labels]
@@ -149,6 +178,7 @@ def render(ctx: Context, data: dict) -> Section:
         figure(ctx.link("charlm_curves.png"), "validation curves", "Figure 1",
                f"Validation bits per character during training, {chosen}, every run (one colour per "
                "column of Table 1).", ctx.quick),
+        *([SHARP_NOTE] if any(column_of(variants[v]["options"])[3] != 1.0 for v in cols) else []),
         "Findings, judged on these numbers (a \"matches\" finding counts as reproduced when the whole "
         f"95% interval of the difference lies within ±{reference.CI_HALF_WIDTH} bpc, the paper's own "
         "CI; the FP8 rows extend the paper's FP16 findings):\n\n"

@@ -253,11 +253,13 @@ def test_full_spec_has_the_papers_grid():
     profile = charlm.load_profile(charlm.SPEC_PATH, "full")
     configs = charlm.grid_configs(profile, {"standard": 1e-3, "unit": 1e-2})
     seeded = {"fp32-standard", "fp32-unit", "fp16-standard", "fp16-unit", "fp8-unit"}  # the claims' variants
-    assert len(configs) == 9 * 6 + len(seeded) * 2
+    sharp = {v for v in charlm.VARIANTS if v.endswith("-attn32")}  # attention models only
+    assert len(configs) == 9 * 6 + len(seeded) * 2 + len(sharp) * 2
     cells = {}
     for c in configs:
         cells.setdefault((c["mixer"], c["norm"], c["variant"]), set()).add(c["seed"])
-    assert len(cells) == 9 * 6 and set(charlm.VARIANTS) == {v for _, _, v in cells}
+    assert len(cells) == 9 * 6 + len(sharp) * 2 and set(charlm.VARIANTS) == {v for _, _, v in cells}
+    assert {m for m, _, v in cells if v in sharp} == {"attention"}
     assert all(seeds == ({0, 1, 2} if (m, n, v in seeded) == ("attention", "pre", True) else {0})
                for (m, n, v), seeds in cells.items())
     # The paper's batch and FFN ratio; sequence 128 (not 256), hidden 64 and depth 4 for time (see the spec).
