@@ -293,7 +293,8 @@ RECIPE_METRICS = ("loss_scale", "activations_underflow", "weights_underflow", "g
 def run_outcome(fit: Callable[[], TrainResult], out_dir: Path) -> dict:
     """Call ``fit`` and describe what happened: status ``completed`` or ``diverged`` (with the 1-based
     step whose loss or gradients went non-finite), final metrics per split, speed and curves. Deletes
-    the run's checkpoints afterwards (they are only needed to resume an unfinished run)."""
+    a completed run's checkpoints (they are only needed to resume an unfinished run); a diverged run
+    keeps the checkpoint of its last good step, as its error message says, to replay the failure."""
     try:
         result = fit()
         status, diverged_at, final, record = "completed", None, result.final, result.record
@@ -302,7 +303,8 @@ def run_outcome(fit: Callable[[], TrainResult], out_dir: Path) -> dict:
     records = read_jsonl(out_dir / "metrics.jsonl")
     train_records = [r for r in records if r.get("kind") == "train"]
     ipu = record.get("ipu") or {}
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    if status == "completed":
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     return {"status": status, "diverged_at_step": diverged_at,
             "steps_done": train_records[-1]["step"] if train_records else 0,
             "skipped_steps": int(sum(r.get("skipped", 0) for r in train_records)),

@@ -18,7 +18,7 @@ Writes to ``--out``: ``runs.csv`` (one row per run), ``summary.json`` (optimum p
 moves, the loss lost by transferring the smallest width's optimum), ``lr_sweep.png`` (loss vs log2
 lr, one curve per width, one panel per parametrisation), ``precision.png`` (u-muP FP8 vs BF16,
 when the spec has such runs) and ``README.md`` (the command and the tables). Runs live under
-``--runs`` (checkpoints deleted once a run finishes); interrupt at any time and run the same command
+``--runs`` (checkpoints deleted once a run completes; a diverged run keeps its last good one); interrupt at any time and run the same command
 again: finished runs are skipped (:mod:`experiments.sweep`) and a run in flight resumes from its
 last checkpoint.
 """
@@ -176,9 +176,10 @@ def run(config: Mapping[str, Any], run_dir: str | Path) -> dict:
                        describe={"model": model.config.to_dict(), "settings": dataclasses.asdict(s),
                                  "data": corpus.source})
     except NonFiniteLossError as err:
+        # The last good step's checkpoint stays, as the error says; an interrupted run keeps its
+        # checkpoints too, to resume. Only a completed run no longer needs them.
         return {"val_loss": math.nan, "train_loss": math.nan, "diverged": True, "diverged_at": err.step}
-    finally:
-        shutil.rmtree(Path(run_dir) / "train" / "checkpoints", ignore_errors=True)
+    shutil.rmtree(Path(run_dir) / "train" / "checkpoints", ignore_errors=True)
     val = result.final["val"]
     return {"val_loss": val["loss"], "val_bpc": val["bits_per_token"], "train_loss": result.final["train"]["loss"],
             "diverged": False, "tokens_per_s": result.record["tokens_per_s"]}

@@ -189,7 +189,7 @@ def test_variant_subset_runs_in_the_full_stage_directories(tmp_path):
     assert seen == ["fp8-unit"] * 2 + ["fp32-standard"] * 2
 
 
-def test_a_diverged_run_is_recorded_with_its_step(tmp_path):
+def test_a_diverged_run_is_recorded_with_its_step_and_keeps_its_last_good_checkpoint(tmp_path):
     out = tmp_path / "train"
     for step, loss in ((2, 3.0), (4, 2.5)):
         append_jsonl(out / "metrics.jsonl", {"kind": "train", "step": step, "loss": loss, "skipped": 0})
@@ -201,7 +201,7 @@ def test_a_diverged_run_is_recorded_with_its_step(tmp_path):
     result = charlm.run_outcome(fit, out)
     assert result["status"] == "diverged" and result["diverged_at_step"] == 6 and result["steps_done"] == 4
     assert math.isnan(result["test"]["bits"]) and result["curves"]["train"]["loss"] == [3.0, 2.5]
-    assert not (out / "checkpoints").exists()
+    assert (out / "checkpoints" / "4").is_dir()
     record = charlm.RunRecord("r", {"mixer": "a", "norm": "pre", "variant": "fp16-standard", "seed": 0},
                               "diverged", result)
     row = charlm.aggregate([record])[0]

@@ -14,7 +14,7 @@ import pytest
 
 from experiments import umup
 from experiments.sweep import expand_grid, load_spec, name_runs
-from experiments.train import NonFiniteLossError
+from experiments.train import NonFiniteLossError, TrainingInterrupted
 from unitscale.formats import BF16, E4M3, E5M2
 
 TINY = Path(__file__).parent / "data" / "tiny.txt"
@@ -148,12 +148,29 @@ def test_sweep_resumes_without_rerunning_and_analyses_only(sweep):
     assert again == summary
 
 
-def test_a_diverged_run_is_a_result_not_a_failure(tmp_path, monkeypatch):
-    def diverge(*args, **kwargs):
-        raise NonFiniteLossError("loss went NaN", 3, tmp_path)
+# The shapes of a run of the sweep above, so that building the model reuses its compiled ops.
+_RUN = dict(parametrisation="sp", width=16, head_dim=8, depth=1, log2_lr=4.0, data=str(TINY), seq_len=16)
 
-    monkeypatch.setattr(umup, "train", diverge)
-    # The shapes of a run of the sweep above, so that building the model reuses its compiled ops.
-    config = dict(parametrisation="sp", width=16, head_dim=8, depth=1, log2_lr=4.0, data=str(TINY), seq_len=16)
-    result = umup.run(config, tmp_path / "run")
+
+def _stopping_train(tmp_path, error):
+    """A stand-in for ``train`` that saves a checkpoint of step 2 and then raises ``error``."""
+    def stop(model, loss_fn, config, **kwargs):
+        (Path(config.out_dir) / "checkpoints" / "2").mkdir(parents=True)
+        raise error
+    return stop
+
+
+def test_a_diverged_run_is_a_result_and_keeps_its_last_good_checkpoint(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "run" / "train" / "checkpoints" / "2"
+    monkeypatch.setattr(umup, "train", _stopping_train(tmp_path, NonFiniteLossError("loss went NaN", 3, checkpoint)))
+    result = umup.run(_RUN, tmp_path / "run")
     assert result["diverged"] and result["diverged_at"] == 3 and math.isnan(result["val_loss"])
+    assert checkpoint.is_dir(), "the error message says the last good checkpoint is kept"
+
+
+def test_an_interrupted_run_keeps_its_checkpoint_to_resume(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "run" / "train" / "checkpoints" / "2"
+    monkeypatch.setattr(umup, "train", _stopping_train(tmp_path, TrainingInterrupted(2, checkpoint, "SIGINT")))
+    with pytest.raises(TrainingInterrupted):
+        umup.run(_RUN, tmp_path / "run")
+    assert checkpoint.is_dir()
