@@ -195,6 +195,22 @@ def _help_text(help: str, default: Any, quick: Any) -> str:
     return f"{help} ({shown})" if shown else help
 
 
+def quick_help(defaults: Mapping[str, tuple[Any, Any]], text: str, dest: str) -> str:
+    """``text`` followed by option ``dest``'s default and ``--quick`` value from ``defaults``
+    (``dest -> (default, quick)``; a quick value of None means the default), for plain argparse scripts."""
+    default, quick = defaults[dest]
+    return f"{text} (default: {default}{'' if quick is None else f'; --quick: {quick}'})"
+
+
+def fill_quick_defaults(args: argparse.Namespace, defaults: Mapping[str, tuple[Any, Any]]) -> argparse.Namespace:
+    """Set every option of ``defaults`` left unset (None) to its ``--quick`` value when ``args.quick``
+    and it has one, else to its default; returns ``args``."""
+    for dest, (default, quick) in defaults.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, quick if args.quick and quick is not None else default)
+    return args
+
+
 def run_train(cli: ExperimentCLI, argv: Sequence[str] | None, *,
               resolve: Callable[[ExperimentCLI, argparse.Namespace], tuple[argparse.Namespace, TrainConfig]],
               fit: Callable[[argparse.Namespace, TrainConfig], TrainResult],

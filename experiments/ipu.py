@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from experiments.cli import fill_quick_defaults, quick_help
 from experiments.results import run_metadata, write_json, write_text
 from ipu_sim.hardware import C600, MK2_LINKS, SYSTEMS, System
 from ipu_sim.system import SystemEstimate, estimate_system
@@ -390,8 +391,7 @@ DEFAULTS: Mapping[str, tuple[Any, Any]] = {
 
 
 def _help(text: str, dest: str) -> str:
-    default, quick = DEFAULTS[dest]
-    return f"{text} (default: {default}{'' if quick is None else f'; --quick: {quick}'})"
+    return quick_help(DEFAULTS, text, dest)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -409,9 +409,7 @@ def make_parser() -> argparse.ArgumentParser:
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = make_parser()
     args = parser.parse_args(argv)
-    for dest, (default, quick) in DEFAULTS.items():
-        if getattr(args, dest) is None:
-            setattr(args, dest, quick if args.quick and quick is not None else default)
+    fill_quick_defaults(args, DEFAULTS)
     args.models = _names(parser, "--models", args.models, MODELS)
     args.systems = _names(parser, "--systems", args.systems, tuple(SYSTEM_CHOICES))
     return args

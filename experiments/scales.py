@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import data
-from experiments.cli import run_main
+from experiments.cli import fill_quick_defaults, quick_help, run_main
 from experiments.gpt import PRECISIONS, SIZES
 from experiments.results import run_metadata, write_json
 from unitscale.analysis import STAT_NAMES, ScaleRecord, ScaleReport, plot_histogram, plot_scales, track_model_scales
@@ -48,8 +48,7 @@ DEFAULTS: Mapping[str, tuple[Any, Any]] = {
 
 
 def _help(text: str, dest: str) -> str:
-    default, quick = DEFAULTS[dest]
-    return f"{text} (default: {default}{'' if quick is None else f'; --quick: {quick}'})"
+    return quick_help(DEFAULTS, text, dest)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -83,9 +82,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv``; unset options take their ``--quick`` value under ``--quick``, else the default."""
     parser = make_parser()
     args = parser.parse_args(argv)
-    for dest, (default, quick) in DEFAULTS.items():
-        if getattr(args, dest) is None:
-            setattr(args, dest, quick if args.quick and quick is not None else default)
+    fill_quick_defaults(args, DEFAULTS)
     if args.batch_size < 1 or args.seq_len < 8:
         parser.error(f"--batch-size must be >= 1 and --seq-len >= 8, got {args.batch_size} and {args.seq_len}")
     try:
