@@ -3,7 +3,7 @@
     python -m experiments.bert --quick --out /tmp/bert-quick           # the whole pipeline in ~2 minutes
     python -m experiments.bert --out results/bert --runs /tmp/bert-runs --workers 2
     python -m experiments.bert summarise --out results/bert --runs /tmp/bert-runs
-    python -m experiments.bert train --variant fp8-unit --size base --out /tmp/bert-base
+    python -m experiments.bert train --variant fp8-unit-attn32 --size base --out /tmp/bert-base
 
 The unit scaling paper (Blake, Orr & Luschi, ICML 2023, Sec. 6.2) pre-trains BERT-Base and -Large with
 LAMB and finds that unit-scaled FP16 and FP8 match the FP32 and loss-scaled baselines with no loss

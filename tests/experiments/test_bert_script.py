@@ -117,7 +117,7 @@ def test_full_spec_pretrains_the_required_variants_and_a_bert_base():
     variants = {c["variant"] for c in bert.grid_configs(profile)}
     assert {"fp32-standard", "fp16-standard-dynamic", "fp16-unit", "fp8-unit"} <= variants
     base, = bert.base_configs(profile)
-    assert base["variant"] == "fp8-unit" and base["size"] == "base" and 100 <= base["steps"] <= 1000
+    assert base["variant"] == "fp8-unit-attn32" and base["size"] == "base" and 100 <= base["steps"] <= 1000
     args = bert.make_cli().parse(["--size", "base", "--variant", "fp8-unit"])
     config = bert.model_config(bert.charlm.apply_variant(args), vocab_size=90)
     preset = bert.BERTConfig.PRESETS["bert-base"]
