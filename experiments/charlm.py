@@ -107,12 +107,8 @@ VARIANTS: Mapping[str, Variant] = {v.name: v for v in (
     _variant("fp8-unit", "FP8 unit-scaled, no scaling", precision="fp8", loss_scale="none", unit_scaled=True),
     # The unit-scaled variants with a sharp attention softmax, which post-norm models need (see
     # unitscale.models.config.TransformerConfig): u-muP's alpha_attn-softmax 32 instead of 1.
-    _variant("fp32-unit-attn32", "FP32 unit-scaled, α_attn 32", precision="fp32", loss_scale="none",
-             unit_scaled=True, attn_softmax_mult=32.0),
-    _variant("fp16-unit-attn32", "FP16 unit-scaled, α_attn 32", precision="fp16", loss_scale="none",
-             unit_scaled=True, attn_softmax_mult=32.0),
-    _variant("fp8-unit-attn32", "FP8 unit-scaled, α_attn 32", precision="fp8", loss_scale="none",
-             unit_scaled=True, attn_softmax_mult=32.0),
+    *(_variant(f"{p}-unit-attn32", f"{p.upper()} unit-scaled, α_attn 32", precision=p, loss_scale="none",
+               unit_scaled=True, attn_softmax_mult=32.0) for p in ("fp32", "fp16", "fp8")),
 )}
 
 # ----------------------------------------------------------------------------------------------

@@ -199,7 +199,7 @@ def quick_help(defaults: Mapping[str, tuple[Any, Any]], text: str, dest: str) ->
     """``text`` followed by option ``dest``'s default and ``--quick`` value from ``defaults``
     (``dest -> (default, quick)``; a quick value of None means the default), for plain argparse scripts."""
     default, quick = defaults[dest]
-    return f"{text} (default: {default}{'' if quick is None else f'; --quick: {quick}'})"
+    return _help_text(text, default, _UNSET if quick is None else quick)
 
 
 def fill_quick_defaults(args: argparse.Namespace, defaults: Mapping[str, tuple[Any, Any]]) -> argparse.Namespace:

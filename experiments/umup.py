@@ -18,9 +18,9 @@ Writes to ``--out``: ``runs.csv`` (one row per run), ``summary.json`` (optimum p
 moves, the loss lost by transferring the smallest width's optimum), ``lr_sweep.png`` (loss vs log2
 lr, one curve per width, one panel per parametrisation), ``precision.png`` (u-muP FP8 vs BF16,
 when the spec has such runs) and ``README.md`` (the command and the tables). Runs live under
-``--runs`` (checkpoints deleted once a run completes; a diverged run keeps its last good one); interrupt at any time and run the same command
-again: finished runs are skipped (:mod:`experiments.sweep`) and a run in flight resumes from its
-last checkpoint.
+``--runs`` (checkpoints deleted once a run completes; a diverged run keeps its last good one);
+interrupt at any time and run the same command again: finished runs are skipped
+(:mod:`experiments.sweep`) and a run in flight resumes from its last checkpoint.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from paper.files import ResultError, get, numbers, read_json, variant_table
 from paper.grid import Curve, grid_table, plot_curves, settings_text
 from paper.markdown import caption, figure
 from paper.section import Context, Section
-from paper.sections.charlm import OPTION_KEYS, samples
+from paper.sections.charlm import OPTION_KEYS, samples, uses_sharp_softmax
 from paper.stats import compared, difference, judge_not_worse
 
 KEY, TITLE = "bert", "BERT pre-training"
@@ -123,7 +123,7 @@ def render(ctx: Context, data: dict) -> Section:
         grid_table(accuracy, models, cols, labels, "model", None, accuracy_absent),
         figure(ctx.link("bert_curves.png"), "BERT validation curves", "Figure 1b",
                f"Validation MLM loss during training, {chosen}, every run.", ctx.quick),
-        *([SHARP_NOTE] if any(variants[v]["options"].get("attn_softmax_mult", 1.0) != 1.0 for v in cols) else []),
+        *([SHARP_NOTE] if any(uses_sharp_softmax(variants[v]["options"]) for v in cols) else []),
         f"The paper's finding that {CLAIM}, judged on these numbers (no equivalence margin: "
         "\"consistent\" means the 95% interval of the difference contains 0):\n\n"
         + ("\n".join(f"- **{f['outcome']}**: {f['text']}." for f in judged) or "- no comparable pair of cells."),

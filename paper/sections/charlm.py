@@ -101,6 +101,11 @@ def column_of(options: dict) -> tuple[str, str, str, float]:
             options["loss_scale"], float(options.get("attn_softmax_mult", 1.0)))
 
 
+def uses_sharp_softmax(options: dict) -> bool:
+    """Whether a variant sets an attention softmax multiplier other than the default 1."""
+    return column_of(options)[3] != 1.0
+
+
 def _full(column: tuple) -> tuple:
     """A finding's column with the default softmax multiplier 1 when it names none."""
     return column if len(column) == 4 else (*column, 1.0)
@@ -178,7 +183,7 @@ def render(ctx: Context, data: dict) -> Section:
         figure(ctx.link("charlm_curves.png"), "validation curves", "Figure 1",
                f"Validation bits per character during training, {chosen}, every run (one colour per "
                "column of Table 1).", ctx.quick),
-        *([SHARP_NOTE] if any(column_of(variants[v]["options"])[3] != 1.0 for v in cols) else []),
+        *([SHARP_NOTE] if any(uses_sharp_softmax(variants[v]["options"]) for v in cols) else []),
         "Findings, judged on these numbers (a \"matches\" finding counts as reproduced when the whole "
         f"95% interval of the difference lies within ±{reference.CI_HALF_WIDTH} bpc, the paper's own "
         "CI; the FP8 rows extend the paper's FP16 findings):\n\n"
