@@ -34,6 +34,7 @@ from jax.typing import ArrayLike
 
 from unitscale.constraints import ConstraintLike, apply_constraint
 from unitscale.scale import scale, scale_bwd, scale_fwd
+from unitscale.softmax_attention import softmax_attention
 
 __all__ = [
     "matmul",
@@ -655,31 +656,26 @@ def _check_attention_shapes(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
 
 
 def _attention_mask(
-    attn_mask: ArrayLike | None, is_causal: bool, logits_shape: tuple[int, ...]
+    attn_mask: ArrayLike | None, logits_shape: tuple[int, ...]
 ) -> tuple[jax.Array | None, jax.Array | None]:
-    """Split the masking into a boolean keep-mask and an additive float bias."""
-    keep, bias = None, None
-    q_len, kv_len = logits_shape[-2:]
-    if is_causal:
-        keep = jnp.tril(jnp.ones((q_len, kv_len), dtype=bool))
-    if attn_mask is not None:
-        mask = jnp.asarray(attn_mask)
-        try:
-            fits = jnp.broadcast_shapes(mask.shape, logits_shape) == logits_shape
-        except ValueError:
-            fits = False
-        if not fits:
-            raise ValueError(
-                f"attn_mask of shape {mask.shape} must broadcast to (..., heads, q_seq, kv_seq) "
-                f"= {logits_shape}"
-            )
-        if mask.dtype == jnp.bool_:
-            keep = mask if keep is None else keep & mask
-        elif jnp.issubdtype(mask.dtype, jnp.floating):
-            bias = mask.astype(jnp.float32)
-        else:
-            raise TypeError(f"attn_mask must be boolean or floating-point, got dtype {mask.dtype}")
-    return keep, bias
+    """``attn_mask`` as a boolean keep-mask or an additive float32 bias (the other None)."""
+    if attn_mask is None:
+        return None, None
+    mask = jnp.asarray(attn_mask)
+    try:
+        fits = jnp.broadcast_shapes(mask.shape, logits_shape) == logits_shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"attn_mask of shape {mask.shape} must broadcast to (..., heads, q_seq, kv_seq) "
+            f"= {logits_shape}"
+        )
+    if mask.dtype == jnp.bool_:
+        return mask, None
+    if jnp.issubdtype(mask.dtype, jnp.floating):
+        return None, mask.astype(jnp.float32)
+    raise TypeError(f"attn_mask must be boolean or floating-point, got dtype {mask.dtype}")
 
 
 def scaled_dot_product_attention(
@@ -723,21 +719,11 @@ def scaled_dot_product_attention(
     q_len, heads, d_head = q.shape[-3:]
     kv_len = k.shape[-3]
     s = _attention_scale(kv_len, d_head, mult, dropout_p, bool(is_causal))
-    logits = jnp.einsum("...tnh,...snh->...nts", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (mult / d_head)
-    keep, bias = _attention_mask(attn_mask, bool(is_causal), logits.shape)
-    if bias is not None:
-        logits = logits + bias
-    if keep is not None:
-        # A finite floor (not -inf) keeps fully masked rows finite: they attend uniformly.
-        logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
+    keep, bias = _attention_mask(attn_mask, (*q.shape[:-3], heads, q_len, kv_len))
     # q, k and v share one backward scale, and the output is linear in the probabilities, so a
     # single scale on them (float32, fused into the softmax and its gradient) scales all of it.
-    probs = scale(jax.nn.softmax(logits, axis=-1), s, s)
-    if dropout_p > 0.0:
-        kept = jax.random.bernoulli(rng, 1.0 - dropout_p, probs.shape)
-        probs = jnp.where(kept, probs / (1.0 - dropout_p), 0.0)
-    out = jnp.einsum("...nts,...snh->...tnh", probs.astype(v.dtype), v)
+    out = softmax_attention(q, k, v, logit_scale=mult / d_head, is_causal=bool(is_causal), keep=keep,
+                            bias=bias, prob_scale=(s, s), dropout_p=dropout_p, rng=rng)
     return out.astype(jnp.result_type(q, k, v))
 
 

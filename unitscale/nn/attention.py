@@ -12,6 +12,7 @@ import unitscale.functional as U
 from unitscale.nn.dropout import Dropout
 from unitscale.nn.linear import Linear
 from unitscale.nn.numerics import Numerics
+from unitscale.softmax_attention import softmax_attention
 
 __all__ = ["attend", "padding_mask", "MultiHeadSelfAttention"]
 
@@ -25,21 +26,6 @@ def padding_mask(mask: jax.Array | None) -> jax.Array | None:
     if mask.ndim != 2:
         raise ValueError(f"attention_mask must be (batch, seq), got shape {mask.shape}")
     return (mask != 0)[:, None, None, :]
-
-
-def _softmax_attention(q, k, v, keep, dropout_p, key, out_dtype):
-    """Standard attention ``softmax(q k^T / sqrt(d_head)) v`` with float32 logits and softmax."""
-    logits = jnp.einsum("...tnh,...snh->...nts", q, k, preferred_element_type=jnp.float32)
-    logits = logits / math.sqrt(q.shape[-1])
-    if keep is not None:
-        # A finite floor keeps fully masked rows finite (uniform), as in unitscale.functional.
-        logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    if key is not None:
-        kept = jax.random.bernoulli(key, 1.0 - dropout_p, probs.shape)
-        probs = jnp.where(kept, probs / (1.0 - dropout_p), 0.0)
-    out = jnp.einsum("...nts,...snh->...tnh", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.astype(out_dtype)
 
 
 def attend(
@@ -63,13 +49,9 @@ def attend(
     if numerics.unit_scaled:
         p = dropout_p if key is not None else 0.0
         return U.scaled_dot_product_attention(q, k, v, mask, p, causal, mult, rng=key)
-    keep = None
-    if causal:
-        q_len, kv_len = q.shape[-3], k.shape[-3]
-        keep = jnp.tril(jnp.ones((q_len, kv_len), dtype=bool))
-    if mask is not None:
-        keep = mask if keep is None else keep & mask
-    return _softmax_attention(q, k, v, keep, dropout_p, key, numerics.compute_dtype)
+    out = softmax_attention(q, k, v, logit_scale=1.0 / math.sqrt(q.shape[-1]), is_causal=causal, keep=mask,
+                            dropout_p=dropout_p if key is not None else 0.0, rng=key)
+    return out.astype(numerics.compute_dtype)
 
 
 class MultiHeadSelfAttention(nnx.Module):
