@@ -44,6 +44,9 @@ _TRAIN_OPTIONS: dict[str, tuple[str, dict, str]] = {
                            "batches per split in the final evaluation (default: the whole split)"),
     "checkpoint_every": ("--checkpoint-every", {"type": int}, "steps between checkpoints"),
     "keep_checkpoints": ("--keep-checkpoints", {"type": int}, "checkpoints kept on disk"),
+    "steps_per_call": ("--steps-per-call", {"type": int},
+                       "steps per call of the compiled step, run in one device loop (records, evaluations and "
+                       "checkpoints still fall on their steps; the result is the same)"),
 }
 _OPT_OPTIONS: dict[str, tuple[str, dict, str]] = {
     "optimizer": ("--optimizer", {"choices": OPTIMIZERS}, "optimiser"),

@@ -38,8 +38,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Arrays split over the mesh along ``axis`` (the batch axis: 1 for a stack of batches)."""
+    return NamedSharding(mesh, PartitionSpec(*[None] * axis, DATA_AXIS))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
@@ -48,13 +49,14 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
         raise ValueError(f"{what} must be a multiple of the {n} data-parallel devices, got {batch_size}")
 
 
-def shard_batch(batch, mesh: Mesh):
-    """Global arrays for the host pytree ``batch``, every leaf split along its first axis over the mesh."""
-    sharding = batch_sharding(mesh)
+def shard_batch(batch, mesh: Mesh, axis: int = 0):
+    """Global arrays for the host pytree ``batch``, every leaf split along ``axis`` (its batch axis:
+    0 for one batch, 1 for a stack of batches) over the mesh."""
+    sharding = batch_sharding(mesh, axis)
 
     def put(leaf):
         leaf = np.asarray(leaf)
-        check_batch_size(leaf.shape[0], mesh, what="the leading (batch) dimension of every batch leaf")
+        check_batch_size(leaf.shape[axis], mesh, what="the leading (batch) dimension of every batch leaf")
         return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])
 
     return jax.tree.map(put, batch)

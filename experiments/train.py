@@ -14,9 +14,11 @@ A run is ``train(model, loss_fn, config, batches=..., eval_data=...)``:
   ``totals[k] / totals["count"]`` with ``nll`` named ``loss`` and ``correct`` named ``accuracy``, plus
   ``perplexity = exp(loss)`` and ``bits_per_token = loss / ln 2`` (bits per character for a character
   vocabulary, per byte for a byte vocabulary).
+- Steps run on the device in loops of up to ``steps_per_call`` (:func:`experiments.train_step.make_multi_step`),
+  cut at every record, evaluation and checkpoint, with the same states as one call per step.
 - Orbax checkpoints (``out_dir/checkpoints``) every ``checkpoint_every`` steps, at the end, on SIGINT /
-  SIGTERM (the current step finishes, the state is saved, :class:`TrainingInterrupted` is raised; a
-  second signal interrupts at once) and when a loss goes non-finite (the state of the last good step is
+  SIGTERM (the current loop of steps finishes, the state is saved, :class:`TrainingInterrupted` is raised;
+  a second signal interrupts at once) and when a loss goes non-finite (the state of the last good step is
   saved and :class:`NonFiniteLossError` raised; a dynamic loss scaler's skipped steps don't count).
 - Once per run, after the final evaluation, ``result.json["ipu"]`` gets the estimate of the same train
   step on an IPU system (``ipu_system``, default one Bow IPU) at the run's batch and precision, from
@@ -57,14 +59,15 @@ from experiments.optimizers import OptimizerConfig, learning_rate_schedule, make
 from experiments.progress import Clock, Progress, format_rate
 from experiments.results import append_jsonl, dumps, read_jsonl, run_metadata, write_json, write_text
 from experiments.train_step import (GradFn, LossFn, TrainState, init_state, interval_metrics, make_eval_step,
-                                    make_train_step, plain_value_and_grad, eval_graphdef, split_model)
+                                    make_multi_step, make_train_step, plain_value_and_grad, eval_graphdef,
+                                    split_model)
 from ipu_sim.hardware import get_system
 from ipu_sim.system import estimate_system
 from unitscale.precision import float8_operands
 
 METRICS_FILE, RESULT_FILE, CHECKPOINT_DIR = "metrics.jsonl", "result.json", "checkpoints"
 # Fields that change nothing in the trajectory: differences in them are not reported on resume.
-_BOOKKEEPING = frozenset({"out_dir", "resume", "progress", "ipu_estimate", "ipu_system"})
+_BOOKKEEPING = frozenset({"out_dir", "resume", "progress", "ipu_estimate", "ipu_system", "steps_per_call"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +92,7 @@ class TrainConfig:
     max_consecutive_skips: int = 100  # a recipe that skips non-finite steps gives up after this many
     ipu_estimate: bool = True
     ipu_system: str = "bow-ipu"  # a name of ipu_sim.SYSTEMS (or an alias, e.g. a chip name)
+    steps_per_call: int = 32  # steps per call of the compiled step (experiments.train_step.make_multi_step)
 
     def __post_init__(self):
         if isinstance(self.optimizer, Mapping):
@@ -96,7 +100,7 @@ class TrainConfig:
         if not isinstance(self.optimizer, OptimizerConfig):
             raise TypeError(f"optimizer must be an OptimizerConfig, got {type(self.optimizer).__name__}")
         for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every",
-                     "keep_checkpoints", "max_consecutive_skips"):
+                     "keep_checkpoints", "max_consecutive_skips", "steps_per_call"):
             _check_int(name, getattr(self, name), low=1)
         for name in ("eval_batches", "final_eval_batches", "data_parallel"):
             if getattr(self, name) is not None:
@@ -426,15 +430,43 @@ def _restore_or_start(loop: _Loop, state: TrainState) -> tuple[TrainState, int]:
     return state, latest
 
 
+def _next_stop(step: int, config: TrainConfig) -> int:
+    """The step after ``step`` at which the loop must look at the state: the next record, evaluation,
+    checkpoint or the end, at most ``steps_per_call`` steps on."""
+    every = (config.log_every, config.eval_every, config.checkpoint_every)
+    events = [step + n - step % n for n in every] + [config.steps, step + config.steps_per_call]
+    return min(events)
+
+
+def _stacked_batches(batches: Iterator, first: int, count: int, size: int, stop: _StopSignals) -> tuple[Any, int]:
+    """``(stack, n)``: the next ``count`` batches (of steps ``first``, ``first + 1``, ...) stacked along a
+    new leading axis and padded to ``size`` with copies of the last (the loop runs only the first ``n``),
+    and their number ``n``: fewer than ``count`` when a stop signal arrives while they are drawn, so that
+    the loop stops after the step whose batch was being drawn."""
+    taken = []
+    for step in range(first, first + count):
+        batch = next(batches, None)
+        if batch is None:
+            raise ValueError(f"batches: the iterator ran out before step {step}")
+        taken.append(batch)
+        if stop.received:
+            break
+    n = len(taken)
+    taken += taken[-1:] * (size - n)
+    return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *taken), n
+
+
 def _run_steps(loop: _Loop, state: TrainState, start: int, batches: Iterator, stop: _StopSignals,
                started: float) -> tuple[TrainState, dict]:
     config, timings = loop.config, {"first_step_s": math.nan}
-    for step in range(start + 1, config.steps + 1):
-        batch = next(batches, None)
-        if batch is None:
-            raise ValueError(f"batches: the iterator ran out before step {step} of {config.steps}")
-        state = loop.train_step(state, parallel.shard_batch(batch, loop.mesh))
-        loop.progress.advance()
+    step = start
+    while step < config.steps:
+        # The first step runs alone, so that its time (compiling included) is measured apart.
+        count = 1 if step == start else _next_stop(step, config) - step
+        stacked, count = _stacked_batches(batches, step + 1, count, config.steps_per_call, stop)
+        state = loop.train_step(state, parallel.shard_batch(stacked, loop.mesh, axis=1), np.int32(count))
+        step += count
+        loop.progress.advance(count)
         if step == start + 1:
             jax.block_until_ready(state)
             timings["first_step_s"] = time.perf_counter() - started
@@ -504,7 +536,8 @@ def train(model: nnx.Module, loss_fn: LossFn, config: TrainConfig, *,
     with CheckpointStore(files.out_dir / CHECKPOINT_DIR, config.keep_checkpoints) as store, \
             _StopSignals() as stop:
         progress = Progress(config.steps, 0, enabled=config.progress and files.writer)
-        loop = _Loop(config, files, store, mesh, jax.jit(step_fn, donate_argnums=0, out_shardings=replicated),
+        loop = _Loop(config, files, store, mesh,
+                     jax.jit(make_multi_step(step_fn), donate_argnums=0, out_shardings=replicated),
                      jax.jit(make_eval_step(eval_graphdef(model), loss_fn), out_shardings=replicated),
                      eval_data, lr, on_record, progress, Clock(), dict(describe or {}))
         try:

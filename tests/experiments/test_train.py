@@ -224,6 +224,27 @@ def _tiny_step():
     return make_train_step(graphdef, lm_loss, optimizer, log_every=4), state
 
 
+def test_a_device_loop_of_steps_equals_one_call_per_step():
+    from experiments.train_step import make_multi_step
+
+    step, state = _tiny_step()
+    batches = [data.lm_batch(TRAIN, i, batch_size=B, seq_len=T) for i in range(5)]
+    one_by_one = state
+    for batch in batches:
+        one_by_one = jax.jit(step)(one_by_one, batch)
+    stacked = jax.tree.map(lambda *x: np.stack(x), *batches, batches[-1], batches[-1])  # padded to 7
+    looped = jax.jit(make_multi_step(step))(state, stacked, np.int32(5))
+    as_data = lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x  # noqa: E731
+    for a, b in zip(jax.tree.leaves(one_by_one), jax.tree.leaves(looped)):
+        np.testing.assert_array_equal(np.asarray(as_data(a)), np.asarray(as_data(b)))
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_steps_per_call_changes_no_record(reference, tmp_path, steps_per_call):
+    run(tmp_path, steps_per_call=steps_per_call)
+    assert records(tmp_path) == records(reference[0])
+
+
 @pytest.mark.parametrize("system, rows, replicas", [("bow-pod16", 4, 4), ("bow-m2000", 6, 3)])
 def test_ipu_estimate_splits_the_batch_over_the_ipus_of_a_system(system, rows, replicas):
     step, state = _tiny_step()
@@ -467,6 +488,7 @@ def test_a_torn_record_after_the_last_checkpoint_is_dropped_on_resume(reference,
     ("batch_size", 2.5, "batch_size must be an integer"),
     ("eval_batches", 0, "eval_batches must be an integer >= 1"),
     ("seed", -1, "seed must be an integer >= 0"),
+    ("steps_per_call", 0, "steps_per_call must be an integer >= 1"),
     ("out_dir", "", "out_dir must be a non-empty string"),
     ("ipu_system", "tpu-v4", "ipu_system: unknown system 'tpu-v4'; valid systems: gc2-ipu"),
 ])
