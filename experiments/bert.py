@@ -122,7 +122,7 @@ def train_bert(args: argparse.Namespace, config: TrainConfig) -> TrainResult:
           f"seed {config.seed}) on {splits.source}: vocabulary {vocab.size}, {n_params:,} parameters", flush=True)
     return train(
         model, bert_loss, config, value_and_grad=value_and_grad_with_recipe, recipe_state=loss_scale,
-        skips_nonfinite=loss_scale.skips_nonfinite,
+        skips_nonfinite=loss_scale.skips_nonfinite, storage=bert_config.precision.storage,
         batches=lambda start: data.mlm_batches(train_ids, seed=config.seed, start_step=start, **shape),
         eval_data={"val": lambda: data.mlm_eval_batches(val_ids, **shape),
                    "test": lambda: data.mlm_eval_batches(test_ids, **shape)},

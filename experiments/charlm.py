@@ -219,7 +219,7 @@ def train_charlm(args: argparse.Namespace, config: TrainConfig) -> TrainResult:
           f"{lm.parameters:,} parameters", flush=True)
     return train(
         lm.model, charlm_loss, config, value_and_grad=value_and_grad_with_recipe, recipe_state=loss_scale,
-        skips_nonfinite=loss_scale.skips_nonfinite, **corpus_feeds(corpus, config),
+        skips_nonfinite=loss_scale.skips_nonfinite, storage=lm.config.precision.storage, **corpus_feeds(corpus, config),
         describe={"model": lm.config.to_dict(), "variant": args.variant, "precision": args.precision,
                   "scaling": args.loss_scale, "data": corpus.source, "vocab_size": corpus.vocab.size,
                   "parameters": lm.parameters})

@@ -152,7 +152,7 @@ def train_gpt(args: argparse.Namespace, config: TrainConfig) -> TrainResult:
           f"vocabulary {corpus.vocab.size}")
     return train(
         lm.model, lm_loss, config, value_and_grad=value_and_grad_with_recipe, recipe_state=loss_scale,
-        skips_nonfinite=loss_scale.skips_nonfinite, **corpus_feeds(corpus, config),
+        skips_nonfinite=loss_scale.skips_nonfinite, storage=lm.config.precision.storage, **corpus_feeds(corpus, config),
         describe={"model": lm.config.to_dict(), "size": args.size, "precision": args.precision,
                   "loss_scale": args.loss_scale, "data": corpus.source, "vocab_size": corpus.vocab.size,
                   "parameters": lm.parameters})

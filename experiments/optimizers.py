@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from unitscale.precision.storage import Storage, scale_by_stored_adam
+
 OPTIMIZERS = ("adamw", "adam", "sgd", "lamb")
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -96,11 +98,26 @@ def decay_mask(params):
     return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def make_optimizer(config: OptimizerConfig, steps: int) -> optax.GradientTransformation:
-    """The optax transformation of ``config`` for a run of ``steps`` steps, clipping included."""
+def make_optimizer(config: OptimizerConfig, steps: int, storage: Storage | None = None,
+                   seed: int = 0) -> optax.GradientTransformation:
+    """The optax transformation of ``config`` for a run of ``steps`` steps, clipping included.
+
+    With a ``storage`` that stores Adam's moments, adam, adamw and lamb are built on
+    :func:`unitscale.precision.scale_by_stored_adam` (stochastic rounding seeded from ``seed``): the same
+    chain as optax's, with the moments rounded into their formats."""
     lr = learning_rate_schedule(config, steps)
     wd = config.weight_decay
-    if config.name == "adamw":
+    stored = storage is not None and (storage.first_moment is not None or storage.second_moment is not None)
+    if stored and config.name == "sgd":
+        raise ValueError("storage: sgd keeps no Adam moments to store (first_moment/second_moment need adam, "
+                         "adamw or lamb)")
+    if stored:
+        moments = scale_by_stored_adam(config.b1, config.b2, config.eps, storage, seed=seed)
+        decay = optax.add_decayed_weights(wd, decay_mask)
+        core = {"adamw": optax.chain(moments, decay, optax.scale_by_learning_rate(lr)),
+                "lamb": optax.chain(moments, decay, optax.scale_by_trust_ratio(), optax.scale_by_learning_rate(lr)),
+                "adam": optax.chain(decay, moments, optax.scale_by_learning_rate(lr))}[config.name]
+    elif config.name == "adamw":
         core = optax.adamw(lr, config.b1, config.b2, config.eps, weight_decay=wd, mask=decay_mask)
     elif config.name == "lamb":
         core = optax.lamb(lr, config.b1, config.b2, config.eps, weight_decay=wd, mask=decay_mask)

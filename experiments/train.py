@@ -63,7 +63,7 @@ from experiments.train_step import (GradFn, LossFn, TrainState, init_state, inte
                                     split_model)
 from ipu_sim.hardware import get_system
 from ipu_sim.system import estimate_system
-from unitscale.precision import float8_operands
+from unitscale.precision import Storage, float8_operands, store_params, stored_optimizer
 
 METRICS_FILE, RESULT_FILE, CHECKPOINT_DIR = "metrics.jsonl", "result.json", "checkpoints"
 # Fields that change nothing in the trajectory: differences in them are not reported on resume.
@@ -492,14 +492,17 @@ def _run_steps(loop: _Loop, state: TrainState, start: int, batches: Iterator, st
 def train(model: nnx.Module, loss_fn: LossFn, config: TrainConfig, *,
           batches: Callable[[int], Iterator], eval_data: Mapping[str, Callable[[], Iterable]] | None = None,
           optimizer: optax.GradientTransformation | None = None, value_and_grad: GradFn = plain_value_and_grad,
-          recipe_state: Any = None, skips_nonfinite: bool | None = None, describe: Mapping[str, Any] | None = None,
-          on_record: Callable[[dict], None] | None = None) -> TrainResult:
+          recipe_state: Any = None, skips_nonfinite: bool | None = None, storage: Storage | None = None,
+          describe: Mapping[str, Any] | None = None, on_record: Callable[[dict], None] | None = None) -> TrainResult:
     """Train ``model`` in place with ``loss_fn`` as the module docstring describes; returns the result.
 
     ``optimizer`` overrides the one built from ``config.optimizer`` (e.g. a u-muP transform);
     ``value_and_grad``, ``recipe_state`` and ``skips_nonfinite`` plug in a scaling recipe
     (``skips_nonfinite`` defaults to the recipe state's own ``skips_nonfinite``, e.g. True for
     :class:`unitscale.precision.DynamicLossScale`, else False);
+    ``storage`` (e.g. ``model_config.precision.storage``) stores the parameters and Adam moments in
+    its formats with no float32 master copy (:mod:`unitscale.precision.storage`; stochastic rounding
+    seeded from ``config.seed``): the model's float32 initialisation is rounded into it first;
     ``describe`` (model config, data, vocab, ...) is stored in ``result.json``; ``on_record`` sees
     every metrics record as it is written.
 
@@ -515,7 +518,13 @@ def train(model: nnx.Module, loss_fn: LossFn, config: TrainConfig, *,
     mesh = parallel.data_mesh(config.data_parallel)
     parallel.check_batch_size(config.batch_size, mesh)
     lr = learning_rate_schedule(config.optimizer, config.steps) if optimizer is None else None
-    optimizer = optimizer or make_optimizer(config.optimizer, config.steps)
+    if storage is not None and not storage.active:
+        storage = None
+    # Stochastic rounding draws from streams apart from initialisation (seed) and dropout (seed + 1).
+    optimizer = optimizer or make_optimizer(config.optimizer, config.steps, storage, seed=config.seed + 3)
+    if storage is not None:
+        optimizer = stored_optimizer(optimizer, storage, seed=config.seed + 2)
+        nnx.update(model, store_params(nnx.state(model, nnx.Param), storage))
     probe = next(iter(batches(0)))
     rows = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(probe)}
     if rows != {config.batch_size}:
@@ -526,7 +535,7 @@ def train(model: nnx.Module, loss_fn: LossFn, config: TrainConfig, *,
     graphdef, state = init_state(model, loss_fn, optimizer, probe, recipe_state,
                                  None if value_and_grad is plain_value_and_grad else value_and_grad)
     step_options = dict(log_every=config.log_every, value_and_grad=value_and_grad, skips_nonfinite=skips_nonfinite,
-                        max_consecutive_skips=config.max_consecutive_skips)
+                        max_consecutive_skips=config.max_consecutive_skips, storage=storage)
     step_fn = make_train_step(graphdef, loss_fn, optimizer, **step_options)
     cost_model = float8_operands(model)
     cost_step_fn = (step_fn if cost_model is model

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from unitscale.precision.storage import Storage, apply_stored_updates
+
 Batch = Any
 LossFn = Callable[[nnx.Module, Batch], tuple[jax.Array, Mapping[str, jax.Array]]]
 
@@ -124,8 +126,13 @@ def _select(pred, new, old):
 
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     log_every: int, value_and_grad: GradFn = plain_value_and_grad, skips_nonfinite: bool = False,
-                    max_consecutive_skips: int = 100) -> Callable[[TrainState, Batch], TrainState]:
-    """The (unjitted) train step ``state, batch -> state`` described in the module docstring."""
+                    max_consecutive_skips: int = 100, storage: Storage | None = None
+                    ) -> Callable[[TrainState, Batch], TrainState]:
+    """The (unjitted) train step ``state, batch -> state`` described in the module docstring.
+
+    ``storage`` (:class:`unitscale.precision.Storage`) keeps the parameters in a format: the update is
+    applied by :func:`unitscale.precision.apply_stored_updates` (``optimizer`` must then be the
+    :func:`unitscale.precision.stored_optimizer` of the same storage)."""
 
     def train_step(state: TrainState, batch: Batch) -> TrainState:
         # nnx.merge shares Variables with the states it is given and the forward pass updates them in
@@ -135,7 +142,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
         _, _, rest = split_model(model)  # the forward pass may have advanced RNG counters, scale histories, ...
         finite = finite & jnp.isfinite(loss)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = apply_stored_updates(state.params, updates, opt_state, storage)
 
         healthy = state.halted_at < 0
         skips = jnp.where(finite, 0, state.skips_in_a_row + 1)

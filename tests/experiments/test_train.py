@@ -343,6 +343,30 @@ def test_crash_then_resume_from_the_last_periodic_checkpoint_is_bit_identical(re
     assert records(tmp_path) == records(reference[0])
 
 
+def test_stored_format_training_resumes_bit_identically_with_the_weights_on_the_grid(tmp_path):
+    from unitscale import formats as F
+    from unitscale.precision import Storage
+
+    storage = Storage(params=F.FP16, first_moment=F.FP16, rounding="stochastic")
+
+    def crash(record):
+        if record["kind"] == "train" and record["step"] == 20:
+            raise RuntimeError("simulated crash")
+
+    whole = run(tmp_path / "whole", storage=storage)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path / "resumed", storage=storage, on_record=crash)
+    saved = CheckpointStore(tmp_path / "resumed" / "checkpoints")
+    assert saved.latest_step() == 15
+    resumed = run(tmp_path / "resumed", storage=storage)
+    assert records(tmp_path / "resumed") == records(tmp_path / "whole")
+    for result in (whole, resumed):
+        for w in jax.tree.leaves(nnx.state(result.model, nnx.Param)):
+            np.testing.assert_array_equal(w, np.asarray(w).astype(np.float16).astype(np.float32))
+    run(tmp_path / "fp32")
+    assert records(tmp_path / "whole") != records(tmp_path / "fp32")  # the storage took part
+
+
 def test_sigterm_from_outside_saves_and_exits_cleanly_with_143(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     child = subprocess.Popen([sys.executable, __file__, "long", str(tmp_path)], stdout=subprocess.PIPE,

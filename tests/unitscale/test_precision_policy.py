@@ -148,10 +148,12 @@ def test_presets_compute_in_their_real_dtype_with_float32_master_weights(preset,
 
 
 def test_presets_have_the_documented_formats():
-    assert set(PRESETS) == {"fp32", "bf16", "fp16", "fp8", "fp8_fnuz", "umup_fp8", "mxfp8", "mxfp6", "mxfp4"}
-    assert {n: PRESETS[n].compute_dtype for n in ("fp32", "bf16", "fp16")} == {
-        "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-    assert not any(PRESETS[n].quantized for n in ("fp32", "bf16", "fp16"))
+    assert set(PRESETS) == {"fp32", "bf16", "fp16", "fp16_paper", "fp8", "fp8_fnuz", "umup_fp8", "mxfp8", "mxfp6",
+                            "mxfp4"}
+    assert {n: PRESETS[n].compute_dtype for n in ("fp32", "bf16", "fp16", "fp16_paper")} == {
+        "fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp16_paper": "float16"}
+    assert not any(PRESETS[n].quantized for n in ("fp32", "bf16", "fp16", "fp16_paper"))
+    assert [n for n, p in PRESETS.items() if p.storage.active] == ["fp16_paper"]
     fmts = {n: (p.matmul_fwd, p.matmul_bwd, p.scaling) for n, p in PRESETS.items() if p.quantized}
     assert fmts == {
         "fp8": (F.E4M3, F.E5M2, "none"), "fp8_fnuz": (F.E4M3_FNUZ, F.E5M2_FNUZ, "none"),

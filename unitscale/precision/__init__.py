@@ -13,6 +13,8 @@
 * :mod:`~unitscale.precision.recipe`: :func:`value_and_grad_with_recipe` (the training-step contract)
   and :func:`apply_if_finite`.
 * :mod:`~unitscale.precision.stats`: overflow / underflow counts.
+* :mod:`~unitscale.precision.storage`: parameters and Adam moments stored in a format with no float32
+  master copy, updates rounded nearest or stochastically (the paper's FP16 regime, ``fp16_paper``).
 
 Attention's ``q k^T`` and ``p v`` matmuls are not quantised by any policy: Transformer Engine's FP8
 recipe quantises the linear layers and leaves the attention core in higher precision, and u-muP's
@@ -29,6 +31,8 @@ from unitscale.precision.policy import COMPUTE_DTYPES, PRESETS, SCALINGS, Precis
 from unitscale.precision.recipe import (RECIPES, apply_if_finite, float8_operands, precision_metrics, scaling_recipe,
                                         value_and_grad_with_recipe)
 from unitscale.precision.stats import STAT_NAMES, range_counts
+from unitscale.precision.storage import (Storage, StoredAdamState, StoredState, apply_stored_updates,
+                                        scale_by_stored_adam, store_params, stored_optimizer)
 from unitscale.precision.tensor_scaling import amax, push_amax, scale_from_amax, scale_from_history
 
 __all__ = [
@@ -47,9 +51,13 @@ __all__ = [
     "RangeCounts",
     "RecipeVariable",
     "StaticLossScale",
+    "Storage",
+    "StoredAdamState",
+    "StoredState",
     "all_finite",
     "amax",
     "apply_if_finite",
+    "apply_stored_updates",
     "float8_operands",
     "mx_decode",
     "mx_emax",
@@ -60,8 +68,11 @@ __all__ = [
     "push_amax",
     "range_counts",
     "scale_from_amax",
+    "scale_by_stored_adam",
     "scale_from_history",
     "scaling_recipe",
     "select_tree",
+    "store_params",
+    "stored_optimizer",
     "value_and_grad_with_recipe",
 ]

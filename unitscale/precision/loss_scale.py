@@ -104,9 +104,16 @@ class NoOpLossScale:
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class StaticLossScale:
-    """A fixed power-of-two loss scale ``loss_scale`` (static: no array leaves)."""
+    """A fixed power-of-two loss scale ``loss_scale`` (static: no array leaves).
+
+    ``backward_only=True`` scales the backward pass and never divides the gradients by the scale again
+    (``unscale`` returns them as they are), as the unit scaling paper's FP16 baseline did: Adam's update
+    ``m / (sqrt(v) + eps)`` is invariant to a fixed factor on every gradient (up to ``eps``), and the
+    first moment stored in FP16 keeps the scaled, representable values.
+    """
 
     loss_scale: float
+    backward_only: bool = False
     skips_nonfinite: ClassVar[bool] = False
 
     def __post_init__(self):
@@ -114,12 +121,14 @@ class StaticLossScale:
             raise TypeError(f"loss_scale must be a Python number, got {type(self.loss_scale).__name__}")
         _power_of_two(self.loss_scale, "loss_scale")
         object.__setattr__(self, "loss_scale", float(self.loss_scale))
+        if not isinstance(self.backward_only, bool):
+            raise TypeError(f"backward_only must be a bool, got {self.backward_only!r}")
 
     def scale(self, tree: T) -> T:
         return _scaled(tree, self.loss_scale)
 
     def unscale(self, tree: T) -> T:
-        return _scaled(tree, 1.0 / self.loss_scale)
+        return tree if self.backward_only else _scaled(tree, 1.0 / self.loss_scale)
 
     def adjust(self, grads_finite: jax.Array) -> StaticLossScale:
         return self

@@ -11,9 +11,11 @@ A :class:`PrecisionPolicy` names
 * the matmul *roles* kept in a higher-precision format (``keep_roles`` in ``keep_format``);
 * the *tensor scaling* of the quantised matmuls (``"none"``, ``"current"``, ``"delayed"``, ``"mx"``).
 
-Parameters are always float32 master weights (the optimiser updates them in float32); a matmul
-casts them to the compute dtype, or quantises them to ``matmul_fwd`` from float32. Loss scaling is
-not part of the policy: it lives in the training state (:mod:`unitscale.precision.loss_scale`).
+Parameters are float32 master weights (the optimiser updates them in float32) unless ``storage``
+keeps them, and Adam's moments, in a format with no float32 copy (:mod:`unitscale.precision.storage`,
+the unit scaling paper's FP16 regime: preset ``fp16_paper``); a matmul casts them to the compute dtype,
+or quantises them to ``matmul_fwd``. Loss scaling is not part of the policy: it lives in the training
+state (:mod:`unitscale.precision.loss_scale`).
 
 Policies are frozen and hashable, so they work as static ``jit`` arguments and as fields of the model
 configs; ``name`` is a label and takes no part in equality.
@@ -33,6 +35,7 @@ import numpy as np
 
 from unitscale import formats as F
 from unitscale.formats import FPFormat
+from unitscale.precision.storage import Storage
 
 __all__ = [
     "COMPUTE_DTYPES",
@@ -98,6 +101,8 @@ class PrecisionPolicy:
         dtypes off the program (``ipu_sim``) see FP8 matmuls. MX always simulates.
       stats: count overflowing (saturated) and underflowing (flushed to zero) values of the
         quantised matmul inputs and output-gradients each training step.
+      storage: the :class:`~unitscale.precision.storage.Storage` of parameters and Adam moments
+        (default: all float32); the training loop applies it to the optimiser.
       name: a label (the preset's name); not compared.
 
     Attention's two activation-activation matmuls (``q k^T`` and ``p v``) are never quantised;
@@ -115,6 +120,7 @@ class PrecisionPolicy:
     mx_block: int = 32
     operands: str = "simulated"
     stats: bool = True
+    storage: Storage = Storage()
     name: str = dataclasses.field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -137,6 +143,10 @@ class PrecisionPolicy:
             raise ValueError(f"operands must be one of {OPERANDS}, got {self.operands!r}")
         if not isinstance(self.stats, bool):
             raise TypeError(f"stats must be a bool, got {self.stats!r}")
+        if isinstance(self.storage, Mapping):
+            set_("storage", Storage(**self.storage))
+        if not isinstance(self.storage, Storage):
+            raise TypeError(f"storage must be a Storage or its dict, got {type(self.storage).__name__}")
         if not isinstance(self.name, str):
             raise TypeError(f"name must be a str, got {type(self.name).__name__}")
         if self.operands == "float8":
@@ -162,6 +172,7 @@ class PrecisionPolicy:
             fmt = out[field]
             out[field] = None if fmt is None else dataclasses.asdict(fmt)
         out["keep_roles"] = list(self.keep_roles)
+        out["storage"] = self.storage.to_dict()
         return out
 
     @classmethod
@@ -170,12 +181,13 @@ class PrecisionPolicy:
         return cls(**values)
 
     def __str__(self) -> str:
+        stored = f", stored {self.storage}" if self.storage.active else ""
         if not self.quantized:
-            return f"{self.name}: {self.compute_dtype} arithmetic"
+            return f"{self.name}: {self.compute_dtype} arithmetic{stored}"
         fmt = lambda f: "compute dtype" if f is None else f.name  # noqa: E731
         kept = f", {'/'.join(self.keep_roles)} in {fmt(self.keep_format)}" if self.keep_roles else ""
         return (f"{self.name}: matmul inputs {fmt(self.matmul_fwd)}, gradients {fmt(self.matmul_bwd)}, "
-                f"scaling {self.scaling}{kept}, {self.compute_dtype} arithmetic")
+                f"scaling {self.scaling}{kept}, {self.compute_dtype} arithmetic{stored}")
 
 
 def _check_real_formats(policy: PrecisionPolicy) -> None:
@@ -198,6 +210,10 @@ PRESETS: Mapping[str, PrecisionPolicy] = MappingProxyType({
         "fp32": {},
         "bf16": dict(compute_dtype="bfloat16"),
         "fp16": dict(compute_dtype="float16"),
+        # The unit scaling paper's FP16 training: FP16 arithmetic, weights and Adam's first moment stored
+        # in FP16 with no float32 master copy, every store rounded stochastically as the IPU does.
+        "fp16_paper": dict(compute_dtype="float16", storage=Storage(params=F.FP16, first_moment=F.FP16,
+                                                                    rounding="stochastic")),
         # The common "hybrid" FP8 recipe (number_formats.md): E4M3 forward, E5M2 backward.
         "fp8": _FP8,
         "fp8_fnuz": dict(matmul_fwd=F.E4M3_FNUZ, matmul_bwd=F.E5M2_FNUZ),

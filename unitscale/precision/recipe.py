@@ -60,7 +60,7 @@ __all__ = [
     "value_and_grad_with_recipe",
 ]
 
-RECIPES: tuple[str, ...] = ("none", "static", "dynamic", "delayed", "current", "mx")
+RECIPES: tuple[str, ...] = ("none", "static", "static-backward", "dynamic", "delayed", "current", "mx")
 # The unit scaling paper's FP16 baseline (unit_scaling_rules.md, character LMs) used loss scale 2048.
 STATIC_LOSS_SCALE = 2048.0
 # jmp's documented starting point for dynamic loss scaling.
@@ -152,12 +152,13 @@ def scaling_recipe(precision: str | PrecisionPolicy = "fp8", scaling: str = "non
     """A policy and a loss scale from a precision (preset name or policy) and a recipe name of
     ``RECIPES``: ``"none"`` adds nothing; ``"static"`` (scale 2048) and ``"dynamic"`` (jmp's 2^15,
     period 2000, factor 2) add loss scaling; ``"delayed"``, ``"current"``, ``"mx"`` set the policy's
-    tensor scaling (which needs matmul formats)."""
+    tensor scaling (which needs matmul formats). ``"static-backward"`` is the paper's form of the static
+    scale: the backward pass runs at 2048 and the gradients reach the optimiser undivided."""
     policy = precision_policy(precision)
     if scaling not in RECIPES:
         raise ValueError(f"scaling must be one of {RECIPES}, got {scaling!r}")
-    if scaling == "static":
-        return policy, StaticLossScale(STATIC_LOSS_SCALE)
+    if scaling in ("static", "static-backward"):
+        return policy, StaticLossScale(STATIC_LOSS_SCALE, backward_only=scaling == "static-backward")
     if scaling == "dynamic":
         return policy, DynamicLossScale(DYNAMIC_LOSS_SCALE)
     if scaling in ("delayed", "current", "mx"):
