@@ -56,6 +56,7 @@ from experiments.gpt import build_char_gpt, corpus_feeds
 from experiments.results import dumps, read_json, read_jsonl, write_json, write_text
 from experiments.sweep import CONFIG_FILE, ERROR_FILE, RESULT_FILE, name_runs, run_sweep
 from experiments.train import NonFiniteLossError, TrainConfig, TrainResult, train
+from experiments.train_step import backward_shift
 from unitscale.models.gpt import GPT, GPTConfig
 from unitscale.models.losses import batch_field, token_cross_entropy
 from unitscale.precision import (PRESETS, RECIPES, LossScale, PrecisionPolicy, scaling_recipe,
@@ -105,6 +106,14 @@ VARIANTS: Mapping[str, Variant] = {v.name: v for v in (
              unit_scaled=False),
     _variant("fp8-standard", "FP8 standard, no scaling", precision="fp8", loss_scale="none", unit_scaled=False),
     _variant("fp8-unit", "FP8 unit-scaled, no scaling", precision="fp8", loss_scale="none", unit_scaled=True),
+    # The paper's own FP16 regime (precision preset fp16_paper): weights and Adam's first moment stored in
+    # FP16 with no float32 master copy, stochastic rounding; its loss scale on the backward pass only.
+    _variant("fp16p-standard", "FP16 stored, standard, no loss scaling", precision="fp16_paper",
+             loss_scale="none", unit_scaled=False),
+    _variant("fp16p-standard-static", "FP16 stored, standard, loss scale 2048 (backward)", precision="fp16_paper",
+             loss_scale="static-backward", unit_scaled=False),
+    _variant("fp16p-unit", "FP16 stored, unit-scaled, no loss scaling", precision="fp16_paper", loss_scale="none",
+             unit_scaled=True),
     # The unit-scaled variants with a sharp attention softmax, which post-norm models need (see
     # unitscale.models.config.TransformerConfig): u-muP's alpha_attn-softmax 32 instead of 1.
     *(_variant(f"{p}-unit-attn32", f"{p.upper()} unit-scaled, α_attn 32", precision=p, loss_scale="none",
@@ -141,6 +150,9 @@ def make_cli() -> ExperimentCLI:
     cli.add("--ffn-ratio", type=float, default=4.0, group=model, help="FFN hidden size / d_model")
     cli.add("--dropout", type=float, default=0.0, group=model, help="dropout rate")
     cli.add_model_options(precision="fp32", precisions=PRECISIONS, loss_scale="none", loss_scales=LOSS_SCALES)
+    cli.add("--backward-shift", type=int, default=0, group=model,
+            help="multiply the backward pass by 2^-K, dividing the parameter gradients by it again in float32 "
+                 "(experiments.train_step.backward_shift): gradients 2^K times smaller, as in larger runs")
     cli.add("--variant", default=None, choices=list(VARIANTS), group=model,
             help="sets --precision, --scaling and --standard/--unit-scaled together (and --attn-softmax-mult "
                  "for the *-attn32 variants)")
@@ -218,11 +230,12 @@ def train_charlm(args: argparse.Namespace, config: TrainConfig) -> TrainResult:
           f"lr {config.optimizer.lr:g}, seed {config.seed}) on {corpus.source}: vocabulary {corpus.vocab.size}, "
           f"{lm.parameters:,} parameters", flush=True)
     return train(
-        lm.model, charlm_loss, config, value_and_grad=value_and_grad_with_recipe, recipe_state=loss_scale,
+        lm.model, charlm_loss, config, value_and_grad=backward_shift(value_and_grad_with_recipe, args.backward_shift),
+        recipe_state=loss_scale,
         skips_nonfinite=loss_scale.skips_nonfinite, storage=lm.config.precision.storage, **corpus_feeds(corpus, config),
         describe={"model": lm.config.to_dict(), "variant": args.variant, "precision": args.precision,
-                  "scaling": args.loss_scale, "data": corpus.source, "vocab_size": corpus.vocab.size,
-                  "parameters": lm.parameters})
+                  "scaling": args.loss_scale, "backward_shift": args.backward_shift, "data": corpus.source,
+                  "vocab_size": corpus.vocab.size, "parameters": lm.parameters})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -693,7 +706,8 @@ CURVE_FIGURES: Mapping[str, tuple[str, ...]] = {
     "attn32": ("fp32-standard", "fp32-unit", "fp32-unit-attn32", "fp16-unit-attn32", "fp8-unit-attn32"),
 }
 _COLOURS = dict(zip(VARIANTS, ("black", "tab:grey", "tab:red", "tab:orange", "tab:olive", "tab:blue", "tab:purple",
-                               "tab:brown", "tab:cyan", "tab:green", "tab:pink", "darkgoldenrod")))
+                               "tab:brown", "tab:cyan", "darkred", "sandybrown", "navy", "tab:green", "tab:pink",
+                               "darkgoldenrod")))
 
 
 def _figure(width: float, height: float):

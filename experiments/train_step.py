@@ -39,6 +39,7 @@ import optax
 from flax import nnx
 
 from unitscale.precision.storage import Storage, apply_stored_updates
+from unitscale.scale import scale_bwd
 
 Batch = Any
 LossFn = Callable[[nnx.Module, Batch], tuple[jax.Array, Mapping[str, jax.Array]]]
@@ -65,6 +66,30 @@ def plain_value_and_grad(loss_fn: LossFn, model: nnx.Module, batch: Batch, recip
     """No scaling recipe: ``d loss / d params``; finite iff the loss and every gradient are finite."""
     (loss, totals), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch)
     return loss, totals, grads, recipe_state, jnp.isfinite(loss) & tree_all_finite(grads)
+
+
+def backward_shift(value_and_grad: GradFn, shift: int) -> GradFn:
+    """``value_and_grad`` with the backward pass multiplied by ``2^-shift``: the loss's gradient starts at
+    ``2^-shift`` instead of 1 (:func:`unitscale.scale.scale_bwd`; the loss value is unchanged), so every
+    gradient of the low-precision backward pass is ``2^shift`` times smaller, as the gradients of larger
+    or longer runs are; the parameter gradients are multiplied by ``2^shift`` again in float32 (exact)
+    before the optimiser sees them. A float32 backward pass is unchanged but for values that the shift
+    takes below float32's normal range (2^-126), which XLA:CPU flushes to zero."""
+    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+        raise ValueError(f"shift must be a non-negative int, got {shift!r}")
+    if shift == 0:
+        return value_and_grad
+
+    def shifted(loss_fn: LossFn, model: nnx.Module, batch: Batch, recipe_state: Any) -> tuple:
+        def small_loss(m, b):
+            loss, totals = loss_fn(m, b)
+            return scale_bwd(loss, 2.0**-shift), totals
+
+        loss, totals, grads, recipe_state, finite = value_and_grad(small_loss, model, batch, recipe_state)
+        restored = jax.tree.map(lambda g: g * jnp.asarray(2.0**shift, g.dtype), grads)
+        return loss, totals, restored, recipe_state, finite
+
+    return shifted
 
 
 @jax.tree_util.register_dataclass
