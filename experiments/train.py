@@ -285,8 +285,9 @@ def ipu_estimate(step_fn: Callable, state: TrainState, batch, *, seq_len: int, s
     trace to). On a system of ``N`` IPUs the batch ``B`` is split data-parallel over ``R`` replicas of
     one IPU each, ``R`` the largest divisor of ``B`` with ``R <= N``, so every replica runs a
     micro-batch of ``B / R`` samples and a step is one weight update of ``B`` samples either way.
-    Returns the system, step time, tokens/s, FLOP utilisation, whether it fits in tile memory and
-    the matmul precision, or ``{"system": ..., "error": ...}`` if the model cannot say.
+    Returns the system, step time, tokens/s and samples/s (each with the model's range from its
+    calibration error), FLOP utilisation, whether it fits in tile memory and the matmul precision, or
+    ``{"system": ..., "error": ...}`` if the model cannot say.
     """
     chosen = get_system(system)
     sizes = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(batch)}
@@ -305,9 +306,15 @@ def ipu_estimate(step_fn: Callable, state: TrainState, batch, *, seq_len: int, s
                 "error": f"{type(err).__name__}: {str(err)[:500]}"}
     return {"system": chosen.name, "description": chosen.description, "chip": chosen.chip.name,
             "replicas": replicas, "micro_batch": micro, "step_time_s": est.step_seconds,
-            "tokens_per_s": est.tokens_per_second, "samples_per_s": est.samples_per_second,
+            "step_time_range_s": list(est.step_seconds_range), "tokens_per_s": est.tokens_per_second,
+            "tokens_per_s_range": _as_list(est.tokens_per_second_range), "samples_per_s": est.samples_per_second,
+            "samples_per_s_range": list(est.samples_per_second_range),
             "utilisation": est.utilisation, "fits": est.fits, "out_of_memory": est.out_of_memory,
             "precision": est.precision, "notes": list(est.notes), "detail": est.to_dict()}
+
+
+def _as_list(pair: tuple | None) -> list | None:
+    return None if pair is None else list(pair)
 
 
 def speed_summary(result: Mapping[str, Any]) -> str:

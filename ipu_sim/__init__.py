@@ -6,10 +6,13 @@ result as BSP supersteps (6 worker threads per tile, exchange, sync) and checks 
 liveness. ``ipu_sim.estimate_system(step, *args, system="bow-pod16", pipeline=[3, 7, 7, 7], ...)``
 builds training on IPU systems on top of it: pipeline stages cut by ``layer_{i}`` named scopes,
 micro-batches, replicas and all-reduce, recomputation, streaming memory, host I/O
-(``python -m ipu_sim --help``). See docs/DESIGN.md ("Performance model") and
-docs/reference/ipu_hardware.md.
+(``python -m ipu_sim --help``). Every estimate carries a range on its time from the model's own
+error on the J19 microbenchmarks (:mod:`ipu_sim.calibration`); :mod:`ipu_sim.published` holds
+Graphcore's published BERT configurations, which must fit. See docs/DESIGN.md ("Performance
+model") and docs/reference/ipu_hardware.md.
 """
 
+from ipu_sim.calibration import CALIBRATION, Calibration, CalibrationRow, TimeRange
 from ipu_sim.collectives import SystemParams
 from ipu_sim.estimator import estimate, estimate_matmul, estimate_program
 from ipu_sim.fusion import fuse
@@ -28,7 +31,8 @@ from ipu_sim.tiles import Layout, OpMapping, TileMap, map_program
 from ipu_sim.trace import SUPPORTED_PRIMITIVES, MatmulDims, Op, Program, Value, trace
 
 __all__ = [
-    "AmpRate", "BOW", "C600", "CATEGORIES", "CHIPS", "Chip", "Estimate", "GC2", "GC200",
+    "AmpRate", "BOW", "C600", "CALIBRATION", "CATEGORIES", "CHIPS", "Calibration",
+    "CalibrationRow", "Chip", "Estimate", "GC2", "GC200", "TimeRange",
     "IPUMemory", "IPUReport", "Layout", "Links", "MatmulDims", "MatmulPlan", "MemoryMap",
     "ModelParams", "Op", "OpCost", "OpMapping", "PipelineTime", "Placement", "Program",
     "ReplicaCosts", "SUPPORTED_PRIMITIVES", "SYSTEMS", "Schedule", "System", "SystemEstimate",

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 from ipu_sim.fusion import fuse as fuse_program
 from ipu_sim.hardware import Chip, get_chip
 from ipu_sim.memory import memory_map
+from ipu_sim.outline import NO_OUTLINE
+from ipu_sim.outline import outline as outline_program
 from ipu_sim.params import ModelParams
 from ipu_sim.report import Estimate, make_estimate
 from ipu_sim.schedule import schedule
@@ -25,25 +27,28 @@ from ipu_sim.trace import Program, trace
 def estimate(fn: Callable, *args: Any, chip: str | Chip = "bow",
              available_memory_proportion: float = 0.6, params: ModelParams | None = None,
              cond: str = "max", while_trip_counts: int | Mapping[str, int] | None = None,
-             fuse: bool = True, mimd: bool = True, donate: bool = True) -> Estimate:
+             fuse: bool = True, mimd: bool = True, donate: bool = True,
+             outline: bool = True) -> Estimate:
     """Estimate one call of ``fn(*args)`` on one IPU.
 
     ``args`` are arrays or ``jax.ShapeDtypeStruct``s (nothing is computed). ``cond`` and
     ``while_trip_counts`` control tracing (see :mod:`ipu_sim.trace`); ``fuse`` element-wise fusion,
     ``mimd`` packing of independent ops on disjoint tiles, ``donate`` in-place update of inputs by
-    outputs of the same shape and dtype.
+    outputs of the same shape and dtype, ``outline`` one copy of the code of identical layers
+    (:mod:`ipu_sim.outline`).
     """
     chip = get_chip(chip)
     _check_proportion(available_memory_proportion)
     program = trace(fn, *args, cond=cond, while_trip_counts=while_trip_counts)
     return estimate_program(program, chip=chip,
                             available_memory_proportion=available_memory_proportion,
-                            params=params, fuse=fuse, mimd=mimd, donate=donate)
+                            params=params, fuse=fuse, mimd=mimd, donate=donate, outline=outline)
 
 
 def estimate_program(program: Program, chip: str | Chip = "bow",
                      available_memory_proportion: float = 0.6, params: ModelParams | None = None,
-                     fuse: bool = True, mimd: bool = True, donate: bool = True) -> Estimate:
+                     fuse: bool = True, mimd: bool = True, donate: bool = True,
+                     outline: bool = True) -> Estimate:
     """Estimate an already traced :class:`Program` (e.g. one pipeline stage of a larger one)."""
     chip = get_chip(chip)
     _check_proportion(available_memory_proportion)
@@ -52,7 +57,8 @@ def estimate_program(program: Program, chip: str | Chip = "bow",
         raise TypeError(f"params must be a ModelParams, got {type(params).__name__}")
     if fuse:
         program = fuse_program(program)
-    tilemap = map_program(program, chip, params, available_memory_proportion)
+    outlined = outline_program(program) if outline else NO_OUTLINE
+    tilemap = map_program(program, chip, params, available_memory_proportion, outlined)
     sched = schedule(program, tilemap, chip, mimd=mimd)
     memory = memory_map(program, tilemap, sched, chip, params, donate=donate)
     return make_estimate(program, tilemap, sched, memory, chip, available_memory_proportion)

@@ -5,12 +5,13 @@ Every tile holds, at every point of the program:
 * always-live: ``variables`` (program inputs and constants: weights, optimizer state, the batch) and
   ``code`` (Poplar runtime and worker stacks, the control program -- a few words per superstep on
   every tile --, and on the tiles each op uses: vertex state, exchange programs, codelets; loop
-  bodies are compiled once);
+  bodies are compiled once, and so are identical layers, which share one copy of their code as
+  PopART's outlining compiles them, :mod:`ipu_sim.outline`);
 * not-always-live: ``saved_activations`` (values made in the forward pass and read by the backward
   pass, i.e. produced outside and read inside a ``transpose(...)`` name scope), other ``activations``
   (intermediate values, live from the op that makes them to their last reader; program outputs to
   the end) and the ``temporaries`` of the op running (exchange receive buffers, matmul blocks and
-  partials).
+  partials, copies into and out of an outlined layer).
 
 A value's storage is spread evenly over the tiles of its layout. Views and in-place updates share
 their source's storage. With ``donate=True`` an output with the shape and dtype of an input (in
@@ -189,7 +190,7 @@ def _code(program: Program, tilemap: TileMap, sched: Schedule, chip: Chip,
                                      * sched.program_steps))
     has: dict[str, np.ndarray] = {}
     for m in tilemap.ops:
-        if not m.steps:
+        if not m.steps or m.shared_code:  # outlined: an earlier identical op holds the code
             continue
         a, b = sched.range(m.anchor, m.tiles, chip)
         code[a:b] += m.vertices * params.vertex_state_bytes + m.exchange_phases * params.exchange_code_bytes

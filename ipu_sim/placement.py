@@ -26,16 +26,13 @@ tied head on IPU 0). Backward ops belong to the stage of their anchor.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ipu_sim.report import scope
-from ipu_sim.trace import Program
+from ipu_sim.trace import Program, layer_index, scope
 
 FORWARD, BACKWARD, UPDATE, RECOMPUTE = "forward", "backward", "update", "recompute"
 PASSES = (FORWARD, BACKWARD, RECOMPUTE)  # phases run once per micro-batch
-_LAYER = re.compile(r"^layers?[_\-.]?(\d+)$")
 
 
 def op_phases(program: Program) -> tuple[str, ...]:
@@ -70,16 +67,7 @@ def op_phases(program: Program) -> tuple[str, ...]:
 
 def op_layers(program: Program) -> tuple[int, ...]:
     """Layer index of every op from its ``layer_{i}`` name scope, -1 outside layers."""
-    out = []
-    for op in program.ops:
-        index = -1
-        for part in scope(op.path).split("/"):
-            m = _LAYER.match(part)
-            if m:
-                index = int(m.group(1))
-                break
-        out.append(index)
-    return tuple(out)
+    return tuple(layer_index(op.path) for op in program.ops)
 
 
 def layer_count(layers: Sequence[int]) -> int:

@@ -23,9 +23,11 @@ these costs into a step time and per-IPU memory.
 
 from __future__ import annotations
 
+import numbers
+import types
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 import jax
 
@@ -33,7 +35,7 @@ from ipu_sim.estimator import estimate_program
 from ipu_sim.hardware import Chip
 from ipu_sim.params import ModelParams
 from ipu_sim.placement import BACKWARD, FORWARD, PASSES, UPDATE, Placement
-from ipu_sim.report import Estimate, scope
+from ipu_sim.report import Estimate, component_seconds, scope
 from ipu_sim.trace import VIEW, Program, Value, trace
 from ipu_sim.transforms import recompute_layers, stream_inputs
 
@@ -61,7 +63,7 @@ class ReplicaCosts:
     placement: Placement
     recompute: bool
     offload_optimizer: bool
-    available_memory_proportion: float
+    available_memory_proportion: tuple[float, ...]  # per IPU of the replica
     params: ModelParams
     forward: tuple[float, ...]
     backward: tuple[float, ...]  # including recomputation
@@ -70,6 +72,11 @@ class ReplicaCosts:
     sends_forward: tuple[tuple[tuple[int, int], ...], ...]  # per stage: (IPU, bytes) after fwd
     sends_backward: tuple[tuple[tuple[int, int], ...], ...]
     ipus: tuple[IPUPrograms, ...]
+    # forward, backward and accumulate split by calibration component (ipu_sim.calibration);
+    # each sums to the stage's seconds above.
+    forward_parts: tuple[Mapping[str, float], ...] = ()
+    backward_parts: tuple[Mapping[str, float], ...] = ()
+    accumulate_parts: tuple[Mapping[str, float], ...] = ()
 
     @property
     def chain(self) -> tuple[int, ...]:
@@ -78,33 +85,62 @@ class ReplicaCosts:
 
 def cost_replica(program: Program, placement: Placement, chip: Chip, *, recompute: bool = False,
                  offload_optimizer: bool = False, data_ids: Iterable[int] | None = None,
-                 available_memory_proportion: float = 0.6,
-                 params: ModelParams | None = None) -> ReplicaCosts:
-    """Cost each IPU's programs of ``program`` (fused, placed by ``placement``) on ``chip``."""
+                 available_memory_proportion: float | Sequence[float] = 0.6,
+                 params: ModelParams | None = None, outline: bool = True) -> ReplicaCosts:
+    """Cost each IPU's programs of ``program`` (fused, placed by ``placement``) on ``chip``.
+
+    ``available_memory_proportion``: one value for every IPU, or one per IPU of the replica (as
+    Graphcore's pipelined recipes set it, e.g. PopTorch's ``setAvailableMemoryProportion``);
+    ``outline``: identical layers share their code (:mod:`ipu_sim.outline`)."""
     params = params or ModelParams()
+    amps = per_ipu_proportions(available_memory_proportion, placement.ipus)
     if recompute:
         program, placement = recompute_layers(program, placement)
     flow = _Flow(program, placement, data_ids)
     k_stages = len(placement.chain)
-    fwd, bwd = [0.0] * k_stages, [0.0] * k_stages
+    parts = {FORWARD: [defaultdict(float) for _ in range(k_stages)],
+             BACKWARD: [defaultdict(float) for _ in range(k_stages)]}
     ipus = []
     for ipu in range(placement.ipus):
         indices = placement.ops_on(ipu, PASSES)
-        est = estimate_program(flow.micro_batch_program(indices), chip,
-                               available_memory_proportion, params, fuse=False, donate=False)
+        est = estimate_program(flow.micro_batch_program(indices), chip, amps[ipu], params,
+                               fuse=False, donate=False, outline=outline)
         for i, cost in zip(indices, est.ops):
-            target = fwd if placement.phase[i] == FORWARD else bwd
-            target[placement.stage[i]] += chip.seconds(cost.cycles)
-        ipus.append(_ipu_programs(ipu, est, program, flow, chip, offload_optimizer,
-                                  available_memory_proportion, params))
-    accumulate = _accumulate_seconds(flow, k_stages, chip, available_memory_proportion, params)
-    return ReplicaCosts(chip, placement, recompute, offload_optimizer, available_memory_proportion,
-                        params, tuple(fwd), tuple(bwd), accumulate, flow.stash_bytes(k_stages),
-                        *flow.stage_sends(k_stages), tuple(ipus))
+            target = parts[FORWARD if placement.phase[i] == FORWARD else BACKWARD]
+            for key, cycles in cost.components().items():
+                target[placement.stage[i]][key] += chip.seconds(cycles)
+        ipus.append(_ipu_programs(ipu, est, program, flow, chip, offload_optimizer, amps[ipu],
+                                  params, outline))
+    # Accumulating gradients is element-wise (no matmul): the proportion does not matter.
+    accumulate = _accumulate_parts(flow, k_stages, chip, min(amps), params)
+    fwd, bwd = (tuple(_frozen(d) for d in parts[key]) for key in (FORWARD, BACKWARD))
+    return ReplicaCosts(chip, placement, recompute, offload_optimizer, amps, params,
+                        tuple(sum(d.values()) for d in fwd), tuple(sum(d.values()) for d in bwd),
+                        tuple(sum(d.values()) for d in accumulate), flow.stash_bytes(k_stages),
+                        *flow.stage_sends(k_stages), tuple(ipus), fwd, bwd,
+                        tuple(_frozen(d) for d in accumulate))
+
+
+def _frozen(parts: Mapping[str, float]) -> Mapping[str, float]:
+    return types.MappingProxyType(dict(parts))
+
+
+def per_ipu_proportions(value: float | Sequence[float], ipus: int) -> tuple[float, ...]:
+    """``available_memory_proportion`` as one value per IPU: a number for all ``ipus``, or a
+    sequence of exactly ``ipus`` values, each in (0, 1]."""
+    values = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) \
+        else (value,) * ipus
+    if len(values) != ipus:
+        raise ValueError(f"available_memory_proportion: {len(values)} values for {ipus} IPUs per "
+                         "replica; give one value or one per IPU")
+    for v in values:
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not 0.0 < v <= 1.0:
+            raise ValueError(f"available_memory_proportion must be in (0, 1], got {v!r}")
+    return tuple(float(v) for v in values)
 
 
 def _ipu_programs(ipu: int, est: Estimate, program: Program, flow: "_Flow", chip: Chip,
-                  offload: bool, amp: float, params) -> IPUPrograms:
+                  offload: bool, amp: float, params, outline: bool = True) -> IPUPrograms:
     placement = flow.placement
     indices = placement.ops_on(ipu, (UPDATE,))
     state = {v.id: v for i in indices for v in program.ops[i].inputs if v.id in flow.state_ids}
@@ -114,7 +150,8 @@ def _ipu_programs(ipu: int, est: Estimate, program: Program, flow: "_Flow", chip
         stage = program.stage(indices)
         if offload:
             stage = stream_inputs(stage, state, streamed_out)
-        update = estimate_program(stage, chip, amp, params, fuse=False, donate=True)
+        update = estimate_program(stage, chip, amp, params, fuse=False, donate=True,
+                                  outline=outline)
     state_bytes = sum(v.nbytes for v in state.values())
     out_bytes = sum(flow.values[o].nbytes for o in streamed_out)
     mb_indices = placement.ops_on(ipu, PASSES)
@@ -252,19 +289,21 @@ def _pair_outputs(program: Program) -> dict[int, int]:
     return pairs
 
 
-def _accumulate_seconds(flow: _Flow, k_stages: int, chip: Chip, amp: float,
-                        params) -> tuple[float, ...]:
-    """Per stage, seconds to add one micro-batch's gradients into accumulators of their dtype:
-    one element-wise add per dtype over all its gradient elements, estimated like any program."""
+def _accumulate_parts(flow: _Flow, k_stages: int, chip: Chip, amp: float,
+                      params) -> tuple[dict[str, float], ...]:
+    """Per stage, seconds by calibration component to add one micro-batch's gradients into
+    accumulators of their dtype: one element-wise add per dtype over all its gradient elements,
+    estimated like any program."""
     out = []
     for k in range(k_stages):
         sizes: dict[str, int] = defaultdict(int)
         for v in flow.gradients(stage=k):
             sizes[v.dtype] += v.size
         if not sizes:
-            out.append(0.0)
+            out.append({})
             continue
         specs = [jax.ShapeDtypeStruct((n,), dtype) for dtype, n in sorted(sizes.items())]
         adds = trace(lambda acc, grads: [a + g for a, g in zip(acc, grads)], specs, specs)
-        out.append(estimate_program(adds, chip, amp, params).seconds)
+        est = estimate_program(adds, chip, amp, params)
+        out.append(component_seconds(est.ops, chip))
     return tuple(out)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ipu_sim.calibration import CALIBRATION, Calibration, TimeRange, time_range
 from ipu_sim.hardware import Chip
 from ipu_sim.memory import CATEGORIES, MemoryMap
 from ipu_sim.schedule import Schedule
 from ipu_sim.tiles import TileMap
-from ipu_sim.trace import Program
+from ipu_sim.trace import MATMUL, REDUCE, Program, scope  # noqa: F401  (scope: re-exported)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,23 @@ class OpCost:
     @property
     def cycles(self) -> int:
         return self.compute_cycles + self.exchange_cycles + self.sync_cycles
+
+    def components(self) -> dict[str, int]:
+        """Cycles by calibration component (:mod:`ipu_sim.calibration`): matmuls and reductions
+        whole, as J19 timed them; other ops split into vector compute, exchange and sync."""
+        if self.kind in (MATMUL, REDUCE):
+            return {self.kind: self.cycles}
+        return {"vector": self.compute_cycles, "exchange": self.exchange_cycles,
+                "sync": self.sync_cycles}
+
+
+def component_seconds(ops, chip: Chip) -> dict[str, float]:
+    """Seconds of ``ops`` (:class:`OpCost`) by calibration component."""
+    cycles: dict[str, int] = {}
+    for o in ops:
+        for key, c in o.components().items():
+            cycles[key] = cycles.get(key, 0) + c
+    return {key: chip.seconds(c) for key, c in cycles.items() if c}
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,11 @@ class Estimate:
     @property
     def fits(self) -> bool:
         return self.memory.fits
+
+    def seconds_range(self, calibration: Calibration = CALIBRATION) -> TimeRange:
+        """:attr:`seconds` and the range the calibration error of its components allows."""
+        low, high = calibration.bounds(component_seconds(self.ops, self.chip))
+        return time_range(self.seconds, low, high, 0.0)
 
     @property
     def compute_cycles(self) -> int:
@@ -120,10 +143,13 @@ class Estimate:
 
     def summary(self, top: int = 8) -> str:
         c = self.chip
+        span = self.seconds_range()
         lines = [
             f"ipu_sim estimate on {c.name} ({c.tiles} tiles, {c.clock_hz / 1e9:.3g} GHz), "
             f"availableMemoryProportion {self.available_memory_proportion:g}",
-            f"time {self.seconds * 1e3:.4g} ms ({self.cycles:,} cycles, {self.supersteps:,} supersteps)",
+            f"time {self.seconds * 1e3:.4g} ms ({self.cycles:,} cycles, {self.supersteps:,} "
+            f"supersteps); {span.low * 1e3:.4g}-{span.high * 1e3:.4g} ms within the model's "
+            "calibration error",
             f"work {self.flops / 1e9:.4g} GFLOP -> {self.tflops:.4g} TFLOP/s = "
             f"{100 * self.utilisation:.1f}% of {self.peak_flops / 1e12:.4g} ({self.peak_precision})",
             "time split: " + _shares(dict(compute=self.compute_cycles,
@@ -149,9 +175,14 @@ class Estimate:
     def to_dict(self, tiles: bool = False, ops: bool = True) -> dict:
         """Plain data; per-tile memory lists only with ``tiles=True``."""
         m = self.memory
+        span = self.seconds_range()
         d = dict(
             chip=self.chip.name, available_memory_proportion=self.available_memory_proportion,
-            seconds=self.seconds, cycles=self.cycles, flops=self.flops, tflops=self.tflops,
+            seconds=self.seconds, seconds_range=[span.low, span.high],
+            tflops_range=[self.flops / span.high / 1e12 if span.high else 0.0,
+                          self.flops / span.low / 1e12 if span.low else 0.0],
+            uncertainty=uncertainty_dict(component_seconds(self.ops, self.chip)),
+            cycles=self.cycles, flops=self.flops, tflops=self.tflops,
             utilisation=self.utilisation, peak_flops=self.peak_flops,
             peak_precision=self.peak_precision, supersteps=self.supersteps,
             compute_cycles=self.compute_cycles, exchange_cycles=self.exchange_cycles,
@@ -215,15 +246,14 @@ class Estimate:
         return ax
 
 
-def scope(path: str) -> str:
-    """A name-stack path without JAX transformation wrappers: ``transpose(jvp(a))/b`` -> ``a/b``."""
-    parts = []
-    for part in path.split("/"):
-        while part.endswith(")") and "(" in part:
-            part = part[part.index("(") + 1:-1]
-        if part:
-            parts.append(part)
-    return "/".join(parts)
+def uncertainty_dict(seconds: dict[str, float], calibration: Calibration = CALIBRATION) -> dict:
+    """Plain data: seconds per component, each component's error factors and the J19 rows they
+    come from, and which components no row calibrates."""
+    table = calibration.describe()
+    return dict(components={k: dict(seconds=v, **table.get(k, dict(factors=[1.0, 1.0], rows={})))
+                            for k, v in sorted(seconds.items())},
+                uncalibrated=sorted(k for k, v in seconds.items() if k not in table and v),
+                source="J19 GC2 microbenchmarks, ipu_sim.calibration")
 
 
 def _shares(parts: dict) -> str:

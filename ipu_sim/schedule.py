@@ -15,7 +15,7 @@ are placed at a rotating tile offset, so consecutive ones land on disjoint tiles
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import numpy as np
@@ -48,6 +48,7 @@ class Group:
     supersteps: int
     program_steps: int  # supersteps in the control program (loops and repeats compiled once)
     cycles: int
+    outlined: bool = False  # all its ops run code compiled for an identical earlier layer
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class _Open:
     ranges: list = field(default_factory=list)
     reads: set = field(default_factory=set)
     writes: set = field(default_factory=set)
+    shared: list = field(default_factory=list)  # per member: its code is an earlier op's
 
     def accepts(self, op, rng, reads, writes) -> bool:
         if op.loops != self.loops or op.count != self.count:
@@ -90,8 +92,9 @@ class _Open:
             return False
         return all(rng[1] <= a or b <= rng[0] for a, b in self.ranges)
 
-    def add(self, op, steps, rng, reads, writes) -> None:
+    def add(self, op, steps, rng, reads, writes, shared: bool = False) -> None:
         self.members.append((op.index, steps))
+        self.shared.append(shared)
         self.ranges.append(rng)
         self.reads |= reads
         self.writes |= writes
@@ -127,10 +130,10 @@ def schedule(program: Program, tilemap: TileMap, chip: Chip, mimd: bool = True) 
             if open_ is not None:
                 groups.append(_close(open_, chip, times))
             open_ = _Open(op.loops, op.count)
-        open_.add(op, m.steps, rng, reads, writes)
+        open_.add(op, m.steps, rng, reads, writes, m.shared_code)
     if open_ is not None:
         groups.append(_close(open_, chip, times))
-    return Schedule(types.MappingProxyType(starts), tuple(groups), tuple(times))
+    return Schedule(types.MappingProxyType(starts), tuple(_calls(groups)), tuple(times))
 
 
 def _close(g: _Open, chip: Chip, times: list) -> Group:
@@ -143,7 +146,7 @@ def _close(g: _Open, chip: Chip, times: list) -> Group:
         comp = sum(s.compute * s.repeat for s in steps)
         exch = sum(s.exchange * s.repeat for s in steps)
         times[i] = OpTime(comp * g.count, exch * g.count, n * sync * g.count, n * g.count)
-        return Group(tuple(ids), g.count, n, len(steps), comp + exch + n * sync)
+        return Group(tuple(ids), g.count, n, len(steps), comp + exch + n * sync, _outlined(g))
     seqs = [_expand(steps) for _, steps in g.members]
     length = max(len(e) for e, _ in seqs)
     exch = np.zeros((len(seqs), length), dtype=np.int64)
@@ -159,7 +162,25 @@ def _close(g: _Open, chip: Chip, times: list) -> Group:
                           n * sync * g.count, n * g.count)
     total = int((exch + comp)[crit, cols].sum()) + length * sync
     program_steps = max(len(steps) for _, steps in g.members)
-    return Group(tuple(ids), g.count, length, program_steps, total)
+    return Group(tuple(ids), g.count, length, program_steps, total, _outlined(g))
+
+
+def _outlined(g: _Open) -> bool:
+    """Whether every op of the group is an outlined copy of an earlier one: its supersteps are in
+    the earlier ops' code, and the control program only calls it (:func:`_calls`)."""
+    return bool(g.shared) and all(g.shared)
+
+
+def _calls(groups: list[Group]) -> list[Group]:
+    """One control-program step (the call of the outlined code) per run of consecutive outlined
+    groups, which add none of their own."""
+    out, calling = [], False
+    for g in groups:
+        if g.outlined:
+            g = replace(g, program_steps=0 if calling else 1)
+        calling = g.outlined
+        out.append(g)
+    return out
 
 
 def _expand(steps) -> tuple[np.ndarray, np.ndarray]:

@@ -35,7 +35,13 @@ Memory per IPU (per tile, the quantity that decides whether Poplar compiles): th
   off-chip);
 
 each plus the other program's code (both are always loaded). A configuration that does not fit
-names the IPU, tile and bytes over.
+names the IPU, tile and bytes over; the report gives every IPU's margin (tile memory left on its
+fullest tile).
+
+Uncertainty: the step time comes with the range the model's calibration error allows
+(:mod:`ipu_sim.calibration`): every stage's forward and backward, the gradient accumulation and the
+update programs at the low, then the high end of their components' errors, composed the same way;
+IPU-Link transfers, all-reduce, streaming and host I/O, which no calibration row checks, as they are.
 
 Replica ``r`` uses IPUs ``r * S .. r * S + S - 1`` of the system (``S`` IPUs per replica), so a
 replica of 4 fills one IPU-M2000 / Bow-2000.
@@ -53,13 +59,15 @@ import jax
 import numpy as np
 
 from ipu_sim.balance import balance, layer_work
+from ipu_sim.calibration import CALIBRATION, Calibration, TimeRange, time_range
 from ipu_sim.collectives import SystemParams, allreduce_seconds, transfer_seconds
 from ipu_sim.fusion import fuse
 from ipu_sim.hardware import Chip, System, get_system
 from ipu_sim.params import ModelParams
 from ipu_sim.pipeline import PipelineTime, in_flight, pipeline_time
 from ipu_sim.placement import Anchors, anchor_ops, place_ops
-from ipu_sim.replica import IPUPrograms, ReplicaCosts, cost_replica
+from ipu_sim.report import component_seconds
+from ipu_sim.replica import IPUPrograms, ReplicaCosts, cost_replica, per_ipu_proportions
 from ipu_sim.trace import Program, trace
 from ipu_sim.transforms import with_matmul_precision
 
@@ -84,6 +92,11 @@ class IPUMemory:
     def over_bytes(self) -> int:
         return max(0, self.peak_bytes - self.sram_bytes)
 
+    @property
+    def margin_bytes(self) -> int:
+        """Tile memory left on the fullest tile (negative: bytes over)."""
+        return self.sram_bytes - self.peak_bytes
+
 
 @dataclass(frozen=True)
 class IPUReport:
@@ -99,6 +112,7 @@ class IPUReport:
     flops: float  # per weight update
     peak_flops: float
     memory: IPUMemory
+    available_memory_proportion: float  # the matmul planner's share of tile memory on this IPU
 
     def holds(self) -> str:
         """e.g. ``embeddings, layers 0-2, head``; ``unscoped ops`` for a step without scopes."""
@@ -116,6 +130,20 @@ class IPUReport:
         if layers:
             parts.append(_layer_range(layers))
         return ", ".join(parts) or "-"
+
+
+def _temporaries_hint(r: IPUReport, largest: str) -> str:
+    """Where matmul temporaries dominate: the option that bounds them (Poplar's
+    availableMemoryProportion; Graphcore's BERT recipes tune it to 0.05-0.28 per IPU to fit)."""
+    if largest != "temporaries":
+        return ""
+    return (f" (temporaries are bounded by availableMemoryProportion, {r.available_memory_proportion:g}"
+            " on this IPU; Graphcore's BERT recipes set 0.05-0.28 per IPU)")
+
+
+def _duration(seconds: float) -> str:
+    """``12.34 ms`` below a second, ``1.234 s`` from a second on."""
+    return f"{seconds:,.4g} s" if seconds >= 1 else f"{seconds * 1e3:,.4g} ms"
 
 
 def _layer_range(layers: list[int]) -> str:
@@ -149,11 +177,33 @@ class SystemEstimate:
     ipus: tuple[IPUReport, ...]
     notes: tuple[str, ...] = ()
     costs: ReplicaCosts | None = field(default=None, repr=False, compare=False)
+    # step_seconds and the range the calibration error of its components allows
+    # (ipu_sim.calibration); None: not computed (then the point estimate stands alone).
+    step_range: TimeRange | None = None
+    calibration: Calibration = field(default=CALIBRATION, repr=False, compare=False)
 
     @property
     def step_seconds(self) -> float:
         """Seconds per weight update: pipeline + all-reduce + update + host I/O."""
         return self.pipeline.seconds + self.allreduce_seconds + self.update_seconds + self.host_seconds
+
+    @property
+    def step_seconds_range(self) -> tuple[float, float]:
+        """(low, high) seconds per weight update within the model's calibration error."""
+        r = self.step_range
+        return (r.low, r.high) if r is not None else (self.step_seconds, self.step_seconds)
+
+    @property
+    def samples_per_second_range(self) -> tuple[float, float]:
+        low, high = self.step_seconds_range
+        return self.samples_per_step / high, self.samples_per_step / low
+
+    @property
+    def tokens_per_second_range(self) -> tuple[float, float] | None:
+        if self.seq is None:
+            return None
+        low, high = self.samples_per_second_range
+        return low * self.seq, high * self.seq
 
     @property
     def ipus_per_replica(self) -> int:
@@ -197,7 +247,8 @@ class SystemEstimate:
             lines.append(
                 f"IPU {r.ipu} ({r.holds()}) does not fit: tile {m.worst_tile} needs "
                 f"{m.peak_bytes:,} B of {m.sram_bytes:,} ({m.over_bytes:,} B over) during the "
-                f"{m.phase}; largest there: " + ", ".join(f"{k} {v:,}" for k, v in top))
+                f"{m.phase}; largest there: " + ", ".join(f"{k} {v:,}" for k, v in top)
+                + _temporaries_hint(r, top[0][0]))
         return "\n".join(lines) or None
 
     def breakdown(self) -> dict[str, float]:
@@ -220,10 +271,12 @@ class SystemEstimate:
             f"accumulation {self.grad_accum} -> {self.samples_per_step:,} samples per weight update",
             f"recomputation {'on' if self.recompute else 'off'}, optimizer state "
             f"{'in streaming memory' if self.offload_optimizer else 'on chip'}, "
-            f"device iterations {self.device_iterations}",
-            f"step {self.step_seconds * 1e3:,.4g} ms: {self.samples_per_second:,.1f} samples/s"
+            f"device iterations {self.device_iterations}, availableMemoryProportion "
+            + "/".join(f"{r.available_memory_proportion:g}" for r in self.ipus),
+            f"step {_duration(self.step_seconds)}: {self.samples_per_second:,.1f} samples/s"
             + (f", {self.tokens_per_second:,.0f} tokens/s" if self.seq else "")
             + f"; {100 * self.utilisation:.1f}% of peak FLOP/s",
+            self._range_line(),
             "breakdown: " + "  ".join(f"{k} {100 * v / self.step_seconds:.1f}%"
                                       for k, v in self.breakdown().items() if v > 0),
             f"pipeline: {len(self.chain)} stage(s) on IPUs {list(self.chain)}, "
@@ -231,13 +284,22 @@ class SystemEstimate:
             f"inter-IPU transfers {100 * self.pipeline.transfer_seconds / self.step_seconds:.1f}% "
             "of the step",
             f"{'IPU':>3} {'holds':32s} {'fwd+bwd/mb':>11s} {'busy':>6s} {'FLOP util':>9s} "
-            f"{'peak tile':>16s} {'total MB':>9s}  fits",
+            f"{'peak tile':>16s} {'margin':>9s} {'total MB':>9s}  fits",
         ]
         lines += [self._row(r) for r in self.ipus]
         if not self.fits:
             lines.append("DOES NOT FIT: " + self.out_of_memory)
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _range_line(self) -> str:
+        low, high = self.step_seconds_range
+        s_low, s_high = self.samples_per_second_range
+        uncalibrated = self.step_range.uncalibrated_seconds if self.step_range else self.step_seconds
+        return (f"within the model's calibration error: step {_duration(low)} to {_duration(high)}, "
+                f"{s_low:,.1f}-{s_high:,.1f} samples/s ({100 * uncalibrated / self.step_seconds:.1f}% "
+                "of the step is in parts no calibration row checks: IPU-Link transfers, "
+                "all-reduce, streaming memory, host I/O)")
 
     def _row(self, r: IPUReport) -> str:
         m = r.memory
@@ -246,7 +308,7 @@ class SystemEstimate:
                 f"{100 * r.busy_seconds / self.step_seconds:5.1f}% "
                 f"{100 * self.ipu_utilisation(r):8.1f}% "
                 f"{m.peak_bytes / 1024:7.1f}/{m.sram_bytes / 1024:.0f}KiB "
-                f"{m.total_bytes / 1e6:9.1f}  {'yes' if m.fits else 'NO'}")
+                f"{m.margin_bytes / 1024:6.1f}KiB {m.total_bytes / 1e6:9.1f}  {'yes' if m.fits else 'NO'}")
 
     def ipu_utilisation(self, report: IPUReport) -> float:
         """An IPU's achieved FLOP/s over its peak."""
@@ -263,7 +325,12 @@ class SystemEstimate:
             device_iterations=self.device_iterations, recompute=self.recompute,
             offload_optimizer=self.offload_optimizer, samples_per_step=self.samples_per_step,
             step_seconds=self.step_seconds, samples_per_second=self.samples_per_second,
-            tokens_per_second=self.tokens_per_second, utilisation=self.utilisation,
+            tokens_per_second=self.tokens_per_second,
+            step_seconds_range=list(self.step_seconds_range),
+            samples_per_second_range=list(self.samples_per_second_range),
+            tokens_per_second_range=(list(self.tokens_per_second_range)
+                                     if self.seq is not None else None),
+            uncertainty=self._uncertainty(), utilisation=self.utilisation,
             fits=self.fits, out_of_memory=self.out_of_memory, breakdown=self.breakdown(),
             pipeline=dict(cycles=p.cycles, seconds=p.seconds, bubble_fraction=p.bubble_fraction,
                           steady_cycle_seconds=p.steady_cycle_seconds,
@@ -272,8 +339,10 @@ class SystemEstimate:
                        forward_seconds=r.forward_seconds, backward_seconds=r.backward_seconds,
                        busy_fraction=r.busy_seconds / self.step_seconds,
                        utilisation=self.ipu_utilisation(r), flops=r.flops,
+                       available_memory_proportion=r.available_memory_proportion,
                        memory=dict(fits=r.memory.fits, peak_bytes=r.memory.peak_bytes,
                                    sram_bytes=r.memory.sram_bytes, over_bytes=r.memory.over_bytes,
+                                   margin_bytes=r.memory.margin_bytes,
                                    worst_tile=r.memory.worst_tile, phase=r.memory.phase,
                                    total_bytes=r.memory.total_bytes,
                                    at_worst_tile=dict(r.memory.at_worst_tile)))
@@ -283,6 +352,14 @@ class SystemEstimate:
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
+    def _uncertainty(self) -> dict:
+        r = self.step_range
+        return dict(step_seconds=r.to_dict() if r else None,
+                    calibration=self.calibration.describe(),
+                    uncalibrated=["IPU-Link transfers", "all-reduce", "streaming memory",
+                                  "host I/O"],
+                    source="J19 GC2 microbenchmarks, ipu_sim.calibration")
+
 
 # ---------------------------------------------------------------------------------------------------
 # Composition.
@@ -290,9 +367,10 @@ class SystemEstimate:
 def compose(costs: ReplicaCosts, system: str | System, *, replicas: int = 1, grad_accum: int = 1,
             micro_batch: int = 1, seq: int | None = None, device_iterations: int = 1,
             system_params: SystemParams | None = None, precision: str = "",
-            notes: Sequence[str] = ()) -> SystemEstimate:
+            notes: Sequence[str] = (), calibration: Calibration = CALIBRATION) -> SystemEstimate:
     """A :class:`SystemEstimate` from one replica's ``costs`` run ``replicas`` times on ``system``
-    with ``grad_accum`` micro-batches of ``micro_batch`` samples per weight update."""
+    with ``grad_accum`` micro-batches of ``micro_batch`` samples per weight update; its step-time
+    range comes from ``calibration`` (:mod:`ipu_sim.calibration`)."""
     system = get_system(system)
     sp = system_params or SystemParams()
     for name, value in (("replicas", replicas), ("grad_accum", grad_accum),
@@ -307,7 +385,7 @@ def compose(costs: ReplicaCosts, system: str | System, *, replicas: int = 1, gra
     _check_fits_system(system, n_ipus, replicas)
     m = grad_accum
     backward = tuple(b + (a if m > 1 else 0.0) for b, a in zip(costs.backward, costs.accumulate))
-    pipe = _pipeline(costs, system, backward, m)
+    pipe = _pipeline(costs, system, costs.forward, backward, m)
     allreduce = max(allreduce_seconds(system, [p.ipu + r * n_ipus for r in range(replicas)],
                                       p.gradient_bytes, sp) for p in costs.ipus)
     update = [_update_seconds(system, p, sp) for p in costs.ipus]
@@ -318,10 +396,34 @@ def compose(costs: ReplicaCosts, system: str | System, *, replicas: int = 1, gra
     busy = dict(zip(pipe_ipus(costs.chain), pipe.busy_seconds))
     reports = tuple(_report(p, costs, backward, m, busy.get(p.ipu, 0.0) + sum(update[p.ipu]))
                     for p in costs.ipus)
+    step = pipe.seconds + allreduce + sum(update[slowest]) + host
+    # No calibration row checks IPU-Link transfers, all-reduce, streaming memory or host I/O.
+    uncalibrated = allreduce + host + pipe.transfer_seconds + sum(update[slowest][1:])
+    span = _step_range(costs, system, m, update, step, allreduce + host, uncalibrated, calibration)
     return SystemEstimate(system, precision, costs.placement.layers_per_ipu, costs.chain, replicas,
                           micro_batch, grad_accum, seq, device_iterations, costs.recompute,
                           costs.offload_optimizer, pipe, allreduce, sum(update[slowest]),
-                          update[slowest][1], host, reports, tuple(notes), costs)
+                          update[slowest][1], host, reports, tuple(notes), costs, span,
+                          calibration)
+
+
+def _step_range(costs: ReplicaCosts, system: System, m: int, update, step: float, outside: float,
+                uncalibrated: float, calibration: Calibration) -> TimeRange | None:
+    """The step time with every calibrated component at the low, then the high end of its error
+    (pipeline stages, gradient accumulation, update programs); IPU-Link transfers, all-reduce,
+    streaming and host I/O as they are (no calibration row checks them)."""
+    if not costs.forward_parts:
+        return None
+    ends = []
+    for end in (0, 1):
+        fwd = [calibration.bounds(p)[end] for p in costs.forward_parts]
+        bwd = [calibration.bounds(p)[end] + (calibration.bounds(a)[end] if m > 1 else 0.0)
+               for p, a in zip(costs.backward_parts, costs.accumulate_parts)]
+        pipe = _pipeline(costs, system, fwd, bwd, m)
+        compute = [calibration.bounds(component_seconds(p.update.ops, costs.chip))[end]
+                   if p.update else 0.0 for p in costs.ipus]
+        ends.append(pipe.seconds + outside + max(c + u[1] + u[2] for c, u in zip(compute, update)))
+    return time_range(step, ends[0], ends[1], uncalibrated)
 
 
 def pipe_ipus(chain: Sequence[int]) -> list[int]:
@@ -329,14 +431,14 @@ def pipe_ipus(chain: Sequence[int]) -> list[int]:
     return sorted(set(chain))
 
 
-def _pipeline(costs: ReplicaCosts, system: System, backward, m: int) -> PipelineTime:
+def _pipeline(costs: ReplicaCosts, system: System, forward, backward, m: int) -> PipelineTime:
     chain = costs.chain
 
     def send(per_stage) -> list[float]:
         return [max((transfer_seconds(system, chain[k], d, b) for d, b in sends), default=0.0)
                 for k, sends in enumerate(per_stage)]
 
-    return pipeline_time(chain, costs.forward, backward, m, send(costs.sends_forward),
+    return pipeline_time(chain, forward, backward, m, send(costs.sends_forward),
                          send(costs.sends_backward))
 
 
@@ -346,7 +448,8 @@ def _report(p: IPUPrograms, costs: ReplicaCosts, backward, m: int, busy: float) 
     flops = m * p.micro_batch.flops + (p.update.flops if p.update else 0.0)
     return IPUReport(p.ipu, p.scopes, layers, stages, sum(costs.forward[k] for k in stages),
                      sum(backward[k] for k in stages), busy, flops, p.micro_batch.peak_flops,
-                     _memory(p, costs, m, in_flight(len(costs.chain), m)))
+                     _memory(p, costs, m, in_flight(len(costs.chain), m)),
+                     p.micro_batch.available_memory_proportion)
 
 
 def _update_seconds(system: System, p: IPUPrograms, sp: SystemParams) -> tuple[float, float, float]:
@@ -395,6 +498,14 @@ def _check_count(name: str, value) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
+def _check_proportions(value) -> None:
+    """Each availableMemoryProportion in (0, 1] (the count per IPU is checked once placed)."""
+    values = value if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
+    if not values:
+        raise ValueError("available_memory_proportion: give one value or one per IPU")
+    per_ipu_proportions(tuple(values), len(values))
+
+
 def _check_fits_system(system: System, ipus_per_replica: int, replicas: int) -> None:
     need = ipus_per_replica * replicas
     if need > system.ipus:
@@ -411,8 +522,10 @@ def estimate_system(fn_or_program: Callable | Program, *args: Any, system: str |
                     grad_accum: int = 1, recompute: bool = False, offload_optimizer: bool = False,
                     precision: str | None = None, device_iterations: int = 1,
                     batch_argnums: Sequence[int] | None = None,
-                    available_memory_proportion: float = 0.6, params: ModelParams | None = None,
-                    system_params: SystemParams | None = None) -> SystemEstimate:
+                    available_memory_proportion: float | Sequence[float] = 0.6,
+                    params: ModelParams | None = None,
+                    system_params: SystemParams | None = None,
+                    outline: bool = True) -> SystemEstimate:
     """Estimate one weight update of training with ``fn_or_program`` on ``system``.
 
     ``fn_or_program(*args)`` is one micro-batch of the training step (arrays or
@@ -442,6 +555,11 @@ def estimate_system(fn_or_program: Callable | Program, *args: Any, system: str |
       "fp32", "fp16.32" (fp16 inputs, fp32 partials), "fp16" or "fp8" inputs (None: as traced).
     * ``device_iterations``: weight updates per host call; ``batch_argnums``: arguments that are
       new data every micro-batch (default: inputs the step reads but does not update).
+    * ``available_memory_proportion``: the share of tile memory the matmul planner may use for
+      temporaries, one value or one per IPU of a replica (Graphcore's BERT recipes set e.g.
+      ``[0.1, 0.15, 0.15, 0.15]``).
+    * ``outline``: identical layers keep one copy of their code, as PopART's default outlining
+      compiles them (:mod:`ipu_sim.outline`); False compiles every layer's own.
     """
     system = get_system(system)
     for name, value in (("micro_batch", micro_batch), ("replicas", replicas),
@@ -450,6 +568,7 @@ def estimate_system(fn_or_program: Callable | Program, *args: Any, system: str |
     if offload_optimizer and not system.has_streaming_memory:
         raise ValueError(f"offload_optimizer: {system.name} has no streaming memory "
                          f"({system.chip.name} chip row: none)")
+    _check_proportions(available_memory_proportion)
     program, data_ids = _traced(fn_or_program, args, batch_argnums)
     program = fuse(program)
     if precision is not None:
@@ -457,7 +576,8 @@ def estimate_system(fn_or_program: Callable | Program, *args: Any, system: str |
     description, notes = describe_precision(program, system.chip)
     job = _Job(program, anchor_ops(program, place), system, data_ids,
                dict(recompute=recompute, offload_optimizer=offload_optimizer,
-                    available_memory_proportion=available_memory_proportion, params=params),
+                    available_memory_proportion=available_memory_proportion, params=params,
+                    outline=outline),
                dict(replicas=replicas, grad_accum=grad_accum, micro_batch=micro_batch, seq=seq,
                     device_iterations=device_iterations, system_params=system_params,
                     precision=description), notes)
@@ -497,9 +617,10 @@ class _Job:
 def _balanced(job: _Job, n_ipus: int) -> SystemEstimate:
     """Automatic layer split over ``n_ipus`` (:mod:`ipu_sim.balance`)."""
     options = job.cost_options
+    amps = per_ipu_proportions(options["available_memory_proportion"], n_ipus)
+    # Work per layer is costed once on one IPU: at the smallest proportion of the replica.
     work, pinned = layer_work(job.program, job.anchors, job.system.chip,
-                              recompute=options["recompute"],
-                              available_memory_proportion=options["available_memory_proportion"],
+                              recompute=options["recompute"], available_memory_proportion=min(amps),
                               params=options["params"])
 
     def check(split):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import numpy as np
@@ -35,6 +35,7 @@ import numpy as np
 from ipu_sim.costs import (Step, ceil_div, exchange_cycles, partials_cycles, vector_cycles,
                            worker_cycles)
 from ipu_sim.hardware import Chip
+from ipu_sim.outline import NO_OUTLINE, Outline
 from ipu_sim.params import ModelParams
 from ipu_sim.planner import MatmulPlan, plan_matmul
 from ipu_sim.trace import (CONSTANT, COPY, CUMULATIVE, ELEMENTWISE, GATHER, MATMUL, REDUCE, RNG,
@@ -71,6 +72,7 @@ class OpMapping:
     exchange_phases: int = 0
     codelets: tuple[str, ...] = ()
     plan: MatmulPlan | None = None
+    shared_code: bool = False  # an identical op of an earlier layer holds its code (outlining)
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,30 @@ class TileMap:
 
 
 def map_program(program: Program, chip: Chip, params: ModelParams,
-                available_memory_proportion: float) -> TileMap:
-    """Layouts and op mappings for ``program`` on ``chip``."""
+                available_memory_proportion: float, outlined: Outline = NO_OUTLINE) -> TileMap:
+    """Layouts and op mappings for ``program`` on ``chip``; ``outlined`` says which ops share
+    code with an identical op of an earlier layer and which copy values in and out
+    (:mod:`ipu_sim.outline`)."""
     if not 0.0 < available_memory_proportion <= 1.0:
         raise ValueError("available_memory_proportion must be in (0, 1], got "
                          f"{available_memory_proportion}")
     m = _Mapper(program, chip, params, int(available_memory_proportion * chip.sram_bytes))
-    return TileMap(m.layouts, tuple(m.map(op) for op in program.ops), m.storage)
+    ops = tuple(m.map(op) for op in program.ops)
+    ops = tuple(_with_outlining(m, op, outlined) for op in ops)
+    return TileMap(m.layouts, ops, m.storage)
+
+
+def _with_outlining(m: "_Mapper", op: OpMapping, outlined: Outline) -> OpMapping:
+    """An outlined op's copies in and out of its subgraph: on-tile copies (the subgraph's tensors
+    are mapped like the caller's) live while the op runs; a shared op keeps no code of its own."""
+    values = outlined.copies.get(op.op, ())
+    per_tile = sum(ceil_div(m.storage.get(r, 0), m.layouts[r].tiles) for r in values)
+    if per_tile and op.steps:
+        cycles = m.params.vertex_overhead_cycles + worker_cycles(
+            ceil_div(per_tile, m.chip.vector_bytes), 2, m.chip)  # load + store per 64-bit word
+        op = replace(op, steps=op.steps + (Step(0, cycles, 1, "outline copy"),),
+                     temp_bytes=op.temp_bytes + per_tile)
+    return replace(op, shared_code=True) if op.op in outlined.shared else op
 
 
 class _Mapper:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -147,6 +148,7 @@ class Op:
     detail: MatmulDims | ReduceDims | IndexDims | None = None
     aliases: tuple[int, ...] = ()
     fused: tuple[str, ...] = ()
+    recomputed: bool = False  # a copy of a forward op run again before the backward
 
     @property
     def bytes_in(self) -> int:
@@ -215,6 +217,33 @@ class Program:
                 key = (op.detail.inputs, op.detail.partials)
                 out[key] = out.get(key, 0.0) + op.flops * op.count
         return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Name-stack paths: JAX wraps scopes in transformation names (``transpose(jvp(layer_3))/mlp``).
+
+# A layer's named scope (the pipelining contract of ipu_sim.placement): layer_3, layers_3, layer3.
+LAYER_SCOPE = re.compile(r"^layers?[_\-.]?(\d+)$")
+
+
+def scope(path: str) -> str:
+    """A name-stack path without JAX transformation wrappers: ``transpose(jvp(a))/b`` -> ``a/b``."""
+    parts = []
+    for part in path.split("/"):
+        while part.endswith(")") and "(" in part:
+            part = part[part.index("(") + 1:-1]
+        if part:
+            parts.append(part)
+    return "/".join(parts)
+
+
+def layer_index(path: str) -> int:
+    """The number of the first ``layer_{i}`` scope on ``path``; -1 if it is in no layer."""
+    for part in scope(path).split("/"):
+        m = LAYER_SCOPE.match(part)
+        if m:
+            return int(m.group(1))
+    return -1
 
 
 # ---------------------------------------------------------------------------------------------------

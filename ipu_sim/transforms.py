@@ -68,7 +68,7 @@ def recompute_layers(program: Program, placement: Placement) -> tuple[Program, P
             outs = tuple(Value(next(ids), v.shape, v.dtype, v.itemsize) for v in src.outputs)
             inputs = _renamed(src.inputs, names)
             names.update({v.id: w.id for v, w in zip(src.outputs, outs)})
-            emit(replace(src, inputs=inputs, outputs=outs),
+            emit(replace(src, inputs=inputs, outputs=outs, recomputed=True),
                  (RECOMPUTE, placement.layer[j], placement.ipu[j], placement.stage[j]))
         if i in rewire:
             op = replace(op, inputs=_renamed(op.inputs, renamed.get(rewire[i], {})))

@@ -15,7 +15,9 @@ layers-per-IPU lists that start with 0 layers on IPU 0).
 
 Storage: ``dtype`` "float32" keeps weights in fp32 and the optimizer updates them directly;
 "float16" keeps fp16 weights for the passes and fp32 master weights in the optimizer state (which is
-what ``offload_optimizer`` streams). Adam/LAMB moments are fp32.
+what ``offload_optimizer`` streams). Adam/LAMB moments are fp32. Attention runs in the activations'
+dtype, and softmax and GELU keep for the backward pass what PopART's gradient ops read, as in
+Graphcore's published FP16 recipes (docs/reference/ipu_hardware.md).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 KINDS = ("bert", "gpt")
 # BERT masks 15% of the positions of a sequence (Devlin et al. 2019); the MLM head runs on those only.
@@ -221,21 +224,76 @@ def layer_norm(x, g, b, eps: float = 1e-5):
     return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype) * g + b
 
 
+# Softmax and GELU differentiate as the published IPU models do: PopART's SoftmaxGradOp reads the
+# softmax output and its gradient, GeluGradOp the GELU input and its gradient
+# (graphcore/popart willow/src/op/softmax.cpp, elementwise.cpp). Differentiating their formulas
+# instead would keep every intermediate (exp, sums, tanh, ...) alive for the backward pass.
+
+def _row_sum(x):
+    """Sum over the last axis in the dtype of ``x``: jnp.sum would first copy an FP16 tensor to
+    FP32; the reduction itself accumulates in FP32 (ipu_sim.tiles costs it so) without the copy."""
+    return jax.lax.reduce(x, np.zeros((), x.dtype), jax.lax.add, (x.ndim - 1,))[..., None]
+
+
+@jax.custom_vjp
+def softmax(x):
+    """Softmax over the last axis, in the dtype of ``x``."""
+    e = jnp.exp(x - jax.lax.stop_gradient(x.max(axis=-1, keepdims=True)))
+    return e / _row_sum(e)
+
+
+def _softmax_fwd(x):
+    y = softmax(x)
+    return y, y
+
+
+def _softmax_bwd(y, g):
+    return (y * (g - _row_sum(g * y)),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+_GELU_C = math.sqrt(2 / math.pi)  # tanh approximation of GELU (Hendrycks & Gimpel 2016)
+_GELU_A = 0.044715
+
+
+@jax.custom_vjp
+def gelu(x):
+    """GELU, tanh approximation (as ``jax.nn.gelu``)."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_fwd(x):
+    return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+    t = jnp.tanh(_GELU_C * (x + _GELU_A * x ** 3))
+    slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_C * (1 + 3 * _GELU_A * x * x)
+    return (g * slope,)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
 def attention(p, x, heads: int, causal: bool):
-    """Multi-head self-attention: softmax(q k^T / sqrt(d_head) [+ causal mask]) v, then W_out."""
+    """Multi-head self-attention: softmax(q k^T / sqrt(d_head) [+ causal mask]) v, then W_out.
+
+    Scores and probabilities are in the activations' dtype, as in Graphcore's FP16 BERT and GPT-2
+    recipes (graphcore/examples: the PyTorch models run ``.half()``, softmax included)."""
     b, s, d = x.shape
     qkv = x @ p["qkv"] + p["qkv_b"]
     q, k, v = (t.reshape(b, s, heads, d // heads) for t in jnp.split(qkv, 3, axis=-1))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // heads)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // heads)
     if causal:
-        scores = jnp.where(jnp.tril(jnp.ones((s, s), bool)), scores, -1e9)
-    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        scores = jnp.where(jnp.tril(jnp.ones((s, s), bool)), scores, jnp.finfo(scores.dtype).min)
+    probs = softmax(scores)
     ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, s, d)
     return ctx @ p["out"] + p["out_b"]
 
 
 def mlp(p, x):
-    return jax.nn.gelu(x @ p["up"] + p["up_b"]) @ p["down"] + p["down_b"]
+    return gelu(x @ p["up"] + p["up_b"]) @ p["down"] + p["down_b"]
 
 
 def cross_entropy(logits, labels):
@@ -258,7 +316,7 @@ def bert_loss(params, batch, c: ModelConfig):
             x = layer_norm(x + mlp(p, x), p["ln2_g"], p["ln2_b"])
     with jax.named_scope("head"):
         picked = jnp.take_along_axis(x, batch["positions"][..., None], axis=1)
-        h = jax.nn.gelu(picked @ params["mlm_w"] + params["mlm_b"])
+        h = gelu(picked @ params["mlm_w"] + params["mlm_b"])
         h = layer_norm(h, params["mlm_g"], params["mlm_beta"])
         mlm = cross_entropy(h @ params["tok"].T + params["mlm_bias"], batch["labels"])
         pooled = jnp.tanh(x[:, 0] @ params["pool_w"] + params["pool_b"])

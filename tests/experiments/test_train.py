@@ -193,6 +193,10 @@ def test_result_json_holds_the_ipu_estimate_of_the_train_step(reference):
     assert (ipu["replicas"], ipu["micro_batch"]) == (1, B)  # the run's own batch on one IPU
     assert ipu["step_time_s"] > 0 and ipu["tokens_per_s"] == pytest.approx(B * T / ipu["step_time_s"])
     assert 0 < ipu["utilisation"] <= 1 and isinstance(ipu["fits"], bool)
+    for key, point in (("step_time_range_s", "step_time_s"), ("tokens_per_s_range", "tokens_per_s"),
+                       ("samples_per_s_range", "samples_per_s")):
+        low, high = ipu[key]  # the model's own uncertainty, from its calibration error
+        assert low <= ipu[point] <= high and low < high, key
     assert ipu["precision"].startswith("matmuls fp32 inputs, fp32 partials")  # TinyLM runs in float32
     detail = ipu["detail"]
     assert (detail["system"], detail["micro_batch"], detail["seq"], detail["replicas"]) == ("bow-ipu", B, T, 1)

@@ -84,3 +84,21 @@ def test_cli_exit_status_says_when_a_configuration_does_not_fit(tmp_path, capsys
                  "--precision", "fp32"]) == 1
     out = capsys.readouterr().out
     assert "DOES NOT FIT: IPU 0 (embeddings, layers 0-4, head) does not fit" in out
+
+
+def test_cli_reads_one_memory_proportion_per_ipu_and_rejects_garbage(tiny_file, capsys):
+    assert main([tiny_file, "--system", "bow-m2000", "--pipeline", "2,2",
+                 "--available-memory-proportion", "0.3,0.2", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert [i["available_memory_proportion"] for i in d["ipus"]] == [0.3, 0.2]
+    assert main([tiny_file, "--available-memory-proportion", "lots"]) == 2
+    assert "--available-memory-proportion must be a number or one per IPU" in capsys.readouterr().err
+
+
+def test_cli_no_outline_compiles_every_layers_own_code(tiny_file, capsys):
+    code = {}
+    for flag in ([], ["--no-outline"]):
+        assert main([tiny_file, "--system", "bow-ipu", "--json"] + flag) == 0
+        d = json.loads(capsys.readouterr().out)
+        code[bool(flag)] = d["ipus"][0]["memory"]["at_worst_tile"]["code"]
+    assert code[True] > code[False]

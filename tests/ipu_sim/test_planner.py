@@ -110,10 +110,13 @@ def saturation_size(dtype, partials, largest, level=0.9):
 @pytest.mark.parametrize("dtype, partials, largest", [
     ("float32", None, 2944),
     pytest.param("float16", "float32", 2688, marks=pytest.mark.xfail(
-        strict=True, reason="predicted 1792 (1.19x J19's ~1500): the model's FP16.32 curve is "
-        "still climbing at n = 1536 (54 of 62 TFLOP/s): its plans there spend 23% of their cycles "
-        "in exchange (13% at 2688), as the AMP runs 4x the FP32 rate on the same exchange; and "
-        "its top point is 1.05x J19's. No mechanism found; see the largest-square xfail")),
+        strict=True, reason="predicted 1792 (1.19x J19's ~1500; measured again 2026-11: "
+        "unchanged): the model's FP16.32 curve is still climbing at n = 1536 (54 of 62 TFLOP/s): "
+        "its plans there spend 23% of their cycles in exchange (13% at 2688), as the AMP runs 4x "
+        "the FP32 rate on the same exchange; and its top point is 1.05x J19's. poplin's own "
+        "liveness (ConvModel.cpp: temporaries = max of the AMP and reduction phases, not their "
+        "sum) would bring this row to 1536 (1.02) but moves the in-band FP32 row from 1280 to "
+        "1024 (0.68), so it is not adopted; see the largest-square xfail")),
 ])
 def test_square_matmul_throughput_saturates_near_j19s_size(dtype, partials, largest):
     # J19: square poplin matmuls on GC2 saturate from n ~ 1500 (FP32 and FP16.32).

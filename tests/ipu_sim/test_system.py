@@ -162,3 +162,32 @@ def test_report_text_and_json(costs):
     assert d["step_seconds"] == pytest.approx(sum(d["breakdown"].values()))
     assert [i["ipu"] for i in d["ipus"]] == [0, 1] and d["ipus"][0]["memory"]["fits"]
     assert est.to_json()
+
+
+def test_each_ipu_plans_its_matmuls_with_its_own_memory_proportion():
+    # Graphcore's pipelined recipes set availableMemoryProportion per IPU (PopTorch:
+    # setAvailableMemoryProportion({"IPU0": ..., ...})); a lower one caps that IPU's temporaries.
+    work = build(MID, micro_batch=4)
+    program = ipu_sim.fuse(ipu_sim.trace(work.step, *work.args))
+    placement = place_ops(anchor_ops(program, work.place), [2, 2])
+    even = cost_replica(program, placement, ipu_sim.BOW, available_memory_proportion=0.6)
+    uneven = cost_replica(program, placement, ipu_sim.BOW, available_memory_proportion=[0.6, 0.02])
+    assert uneven.available_memory_proportion == (0.6, 0.02)
+    temps = [[max(p.micro_batch.memory.category("temporaries")) for p in c.ipus]
+             for c in (even, uneven)]
+    assert temps[1][0] == temps[0][0] and temps[1][1] < temps[0][1]
+    est = compose(uneven, "bow-m2000", micro_batch=4)
+    assert [r.available_memory_proportion for r in est.ipus] == [0.6, 0.02]
+    assert [i["available_memory_proportion"] for i in est.to_dict()["ipus"]] == [0.6, 0.02]
+
+
+@pytest.mark.parametrize("value, message", [
+    ([0.2, 0.2, 0.2], "3 values for 2 IPUs per replica"),
+    ([0.2, 1.5], r"must be in \(0, 1\], got 1.5"),
+    (0.0, r"must be in \(0, 1\], got 0.0"),
+])
+def test_bad_memory_proportions_are_named(tiny, value, message):
+    _, program, _ = tiny
+    with pytest.raises(ValueError, match=message):
+        estimate_system(program, system="bow-m2000", pipeline=[2, 2],
+                        available_memory_proportion=value)

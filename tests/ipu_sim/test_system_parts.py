@@ -18,7 +18,7 @@ from ipu_sim.pipeline import in_flight, pipeline_time
 from ipu_sim.placement import FORWARD, PASSES, RECOMPUTE, anchor_ops, place_ops
 from ipu_sim.transforms import recompute_layers, stream_inputs, with_matmul_precision
 from ipu_sim.workloads import (PRESETS, ModelConfig, build, chunked_cross_entropy, chunked_embedding,
-                               cross_entropy, load_config, vocab_chunks)
+                               cross_entropy, gelu, load_config, softmax, vocab_chunks)
 
 # -- systems -----------------------------------------------------------------------------------------
 
@@ -256,6 +256,34 @@ def test_workload_step_is_a_real_train_step():
     assert jnp.isfinite(loss) and int(new_state["count"]) == 1
     moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params, new_params)
     assert any(jax.tree.leaves(moved))
+
+
+def test_softmax_and_gelu_gradients_equal_the_formulas_and_keep_what_popart_keeps():
+    x = jax.random.normal(jax.random.key(1), (3, 7), jnp.float32) * 3
+    g = jax.random.normal(jax.random.key(2), (3, 7), jnp.float32)
+    for ours, formula in ((softmax, lambda x: jax.nn.softmax(x, axis=-1)),
+                          (gelu, lambda x: jax.nn.gelu(x, approximate=True))):
+        assert jnp.allclose(ours(x), formula(x))
+        _, vjp = jax.vjp(ours, x)
+        _, vjp_formula = jax.vjp(formula, x)
+        assert jnp.allclose(vjp(g)[0], vjp_formula(g)[0], atol=1e-6)
+    # PopART's SoftmaxGradOp reads the output, GeluGradOp the input: one saved tensor each.
+    for fn in (softmax, gelu):
+        saved = jax.linearize(lambda x: fn(x) * 1.0, x)[1]
+        residuals = [v for v in jax.tree.leaves(saved) if getattr(v, "shape", None) == x.shape]
+        assert len(residuals) == 1
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_attention_scores_stay_in_the_activation_dtype(dtype):
+    # The published FP16 recipes run the softmax in FP16 (graphcore/examples: the PyTorch models
+    # are .half()); scores are (batch, heads, seq, seq).
+    work = build(TINY, micro_batch=2, dtype=dtype)
+    program = ipu_sim.trace(work.step, *work.args)
+    scores = (2, TINY.heads, TINY.seq, TINY.seq)
+    dtypes = {v.dtype for op in program.ops for v in op.outputs
+              if v.shape == scores and v.dtype != "bool"}  # bool: the causal mask
+    assert dtypes == {dtype}
 
 
 def test_chunked_head_and_embedding_equal_the_whole_table():
