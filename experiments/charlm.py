@@ -340,7 +340,8 @@ def run(config: Mapping[str, Any], run_dir: str | Path) -> dict:
 class Profile:
     """One profile of a spec file: ``train`` options shared by every run, the FP32 ``lr_sweep``
     (``mixer``, ``norm``, ``seed`` and a list of rates per parametrisation) and the ``grid`` (a list of
-    tables whose list values are axes over ``variant``, ``mixer``, ``norm``, ``seed``)."""
+    tables whose list values are axes over ``variant``, ``mixer``, ``norm``, ``seed``; a table may add
+    a ``train`` table of options that override the profile's for its runs, e.g. a larger budget)."""
 
     name: str
     train: Mapping[str, Any]
@@ -373,9 +374,9 @@ def load_profile(path: str | Path = SPEC_PATH, name: str = "full") -> Profile:
     if sorted(lr_sweep) != sorted(LR_SWEEP_KEYS):
         raise ValueError(f"spec: [{name}.lr_sweep] must have exactly the keys {LR_SWEEP_KEYS}, got {sorted(lr_sweep)}")
     for i, axes in enumerate(grid):
-        if sorted(axes) != sorted(GRID_KEYS):
-            raise ValueError(f"spec: [[{name}.grid]] table {i} must have exactly the keys {GRID_KEYS}, "
-                             f"got {sorted(axes)}")
+        if sorted(k for k in axes if k != "train") != sorted(GRID_KEYS):
+            raise ValueError(f"spec: [[{name}.grid]] table {i} must have exactly the keys {GRID_KEYS} (and "
+                             f"optionally train), got {sorted(axes)}")
         unknown = sorted(set(_as_list(axes["variant"])) - set(VARIANTS))
         if unknown:
             raise ValueError(f"spec: [[{name}.grid]] table {i} names unknown variants {unknown}; "
@@ -406,8 +407,10 @@ def grid_configs(profile: Profile, rates: Mapping[str, float]) -> list[dict]:
     """The grid, each run with the chosen rate of its parametrisation (``rates["standard"|"unit"]``)."""
     configs = []
     for axes in profile.grid:
-        for point in _product(axes):
-            configs.append({**profile.train, **point, "lr": float(rates[VARIANTS[point["variant"]].parametrisation])})
+        overrides = dict(axes.get("train", {}))
+        for point in _product({k: v for k, v in axes.items() if k != "train"}):
+            configs.append({**profile.train, **overrides, **point,
+                            "lr": float(rates[VARIANTS[point["variant"]].parametrisation])})
     return configs
 
 
