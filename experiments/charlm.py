@@ -118,6 +118,8 @@ VARIANTS: Mapping[str, Variant] = {v.name: v for v in (
     # unitscale.models.config.TransformerConfig): u-muP's alpha_attn-softmax 32 instead of 1.
     *(_variant(f"{p}-unit-attn32", f"{p.upper()} unit-scaled, α_attn 32", precision=p, loss_scale="none",
                unit_scaled=True, attn_softmax_mult=32.0) for p in ("fp32", "fp16", "fp8")),
+    _variant("fp16p-unit-attn32", "FP16 stored, unit-scaled, α_attn 32", precision="fp16_paper", loss_scale="none",
+             unit_scaled=True, attn_softmax_mult=32.0),
 )}
 
 # ----------------------------------------------------------------------------------------------
@@ -710,7 +712,7 @@ CURVE_FIGURES: Mapping[str, tuple[str, ...]] = {
 }
 _COLOURS = dict(zip(VARIANTS, ("black", "tab:grey", "tab:red", "tab:orange", "tab:olive", "tab:blue", "tab:purple",
                                "tab:brown", "tab:cyan", "darkred", "sandybrown", "navy", "tab:green", "tab:pink",
-                               "darkgoldenrod")))
+                               "darkgoldenrod", "teal")))
 
 
 def _figure(width: float, height: float):
