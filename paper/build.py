@@ -12,7 +12,7 @@ naming the file and the problem, and leaves any previous paper untouched -- unle
 named with ``--allow-missing``, which renders a visible "missing" box in its place. With pandoc and
 a TeX engine on the PATH a PDF is made beside the Markdown.
 
-``--quick`` runs ``python -m experiments.<name> --quick`` for charlm, bert, umup, scales and ipu as
+``--quick`` runs ``python -m experiments.<name> --quick`` for charlm, shift, bert, umup, scales and ipu as
 subprocesses (a few minutes in all), writes to ``paper/quick/`` by default and marks the paper as
 quick at the top and in every caption. A script that does not exist is an error, or a missing box
 for a section named with ``--allow-missing``; a script that fails has its section read anyway
@@ -35,7 +35,7 @@ from pathlib import Path
 from paper.files import ResultError
 from paper.markdown import QUICK_BANNER, missing_box
 from paper.section import Context, Section
-from paper.sections import EXPERIMENTS, bert, charlm, discussion, ipu, method, scales, setup, umup
+from paper.sections import EXPERIMENTS, bert, charlm, discussion, ipu, method, scales, setup, shift, umup
 
 REPO = Path(__file__).resolve().parents[1]
 INTRO = Path(__file__).resolve().parent / "text" / "intro.md"
@@ -45,6 +45,7 @@ KEYS = tuple(m.KEY for m in EXPERIMENTS)
 # {tmp}: scratch space for run directories).
 QUICK_COMMANDS = {
     charlm.KEY: ["experiments.charlm", "--quick", "--out", "{out}"],
+    shift.KEY: ["experiments.shift", "--quick", "--out", "{out}", "--runs", "{tmp}/shift-runs"],
     bert.KEY: ["experiments.bert", "--quick", "--out", "{out}"],
     umup.KEY: ["experiments.umup", "--quick", "--out", "{out}", "--runs", "{tmp}/umup-runs"],
     scales.KEY: ["experiments.scales", "--quick", "--out", "{out}"],

@@ -28,8 +28,8 @@ PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08
 # FP32, FP8 standard diverged in every run.
 VARIANTS = {"fp32-standard": ("FP32 standard", "fp32", "none", False),
             "fp32-unit": ("FP32 unit-scaled", "fp32", "none", True),
-            "fp16-standard": ("FP16 standard, no loss scaling", "fp16", "none", False),
-            "fp16-unit": ("FP16 unit-scaled, no loss scaling", "fp16", "none", True),
+            "fp16-standard": ("FP16 stored, standard, no loss scaling", "fp16_paper", "none", False),
+            "fp16-unit": ("FP16 stored, unit-scaled, no loss scaling", "fp16_paper", "none", True),
             "fp8-standard": ("FP8 standard, no scaling", "fp8", "none", False)}
 CHARLM_BPC = {"fp32-standard": [1.600, 1.602, 1.604], "fp32-unit": [1.590, 1.591, 1.592],
               "fp16-standard": [1.900, 1.910, 1.920], "fp16-unit": [1.601, 1.602, 1.603], "fp8-standard": []}
@@ -130,13 +130,32 @@ def _ipu(root: Path):
     (root / "ipu" / "ipu_table.png").write_bytes(PNG)
 
 
+SHIFT_BPC = {("fp32-standard", 0): 2.00, ("fp32-standard", 12): 2.00, ("fp32-unit", 0): 2.10, ("fp32-unit", 12): 2.10,
+             ("fp16-standard", 0): 2.01, ("fp16-standard", 12): 2.60, ("fp16-standard-static", 0): 2.00,
+             ("fp16-standard-static", 12): 2.02, ("fp16-unit", 0): 2.11, ("fp16-unit", 12): 2.11}
+
+
+def _shift(root: Path, bpc=SHIFT_BPC):
+    labels = {"fp32-standard": "FP32 standard", "fp32-unit": "FP32 unit-scaled",
+              "fp16-standard": "FP16 standard, no loss scaling", "fp16-standard-static": "FP16 standard, static",
+              "fp16-unit": "FP16 unit-scaled, no loss scaling"}
+    cells = [dict(variant=v, label=labels[v], reference="fp32-unit" if "unit" in v else "fp32-standard", shift=k,
+                  test_bits=b, test_bits_ci95=0.03, runs=2, diverged=0, flushed=0.4 if b > 2.5 else 0.001,
+                  verdict="fixture") for (v, k), b in bpc.items()]
+    profile = {"name": "full", "train": {"steps": 500}, "variants": list(labels), "shifts": [0, 12],
+               "fp32_shifts": [0, 12], "seeds": [0, 1]}
+    _json(root / "shift" / "summary.json", {"profile": profile, "cells": cells, "problems": [],
+                                            "fp32_check": {"max_difference_bits": 1e-7, "pairs_checked": 4}})
+    (root / "shift" / "shift.png").write_bytes(PNG)
+
+
 def _json(path: Path, data):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
 
 
 def make_results(root: Path) -> Path:
-    for write in (_charlm, _bert, _umup, _scales, _ipu):
+    for write in (_charlm, _shift, _bert, _umup, _scales, _ipu):
         write(root)
     return root
 
@@ -172,7 +191,7 @@ def test_tables_hold_the_fixture_numbers(complete):
     assert f"| {fp16.text()} [paper 1.661] |" in text and fp16.text().startswith("1.910 ± ")
     assert "| diverged (3/3) |" in text and "| 1.700 ± 0.020 (n=1) |" in text
     assert "| BERT tiny | 2.510 ± 0.127 (n=2) | 2.520 ± 0.127 (n=2) |" in text  # t(0.975, 1) = 12.71
-    assert "**consistent**: BERT tiny, test MLM loss of FP16 unit-scaled" in text
+    assert "**consistent**: BERT tiny, test MLM loss of FP16 stored, unit-scaled" in text
     assert "12,345.6" in text and "18,518.4" in text and "1.50" in text  # IPU table
     assert "7.25 / 3.62 / 14.50" in text and "0.75 / 0.38 / 1.50" in text and "31 / 1" in text  # scales
     assert f"{2 ** -1.75:.3g} (-1.75) / 2.000" in text  # u-muP optimum at width 64
@@ -185,10 +204,10 @@ def test_discussion_words_follow_the_intervals(complete):
     discussion = text[text.index(". Discussion"):]
     d = stats.difference(stats.Sample.of(CHARLM_BPC["fp16-standard"]), stats.Sample.of(CHARLM_BPC["fp32-standard"]))
     assert d.low > 0
-    assert f"**reproduced**: attention pre-norm, FP16 standard, no loss scaling against FP32 standard: " \
+    assert f"**reproduced**: attention pre-norm, FP16 stored, standard, no loss scaling against FP32 standard: " \
            f"{d.estimate:.3f} bpc worse (95% CI [{d.low:+.3f}, {d.high:+.3f}] over seeds) (paper: +0.079 bpc)" in text
     assert "FP8 standard, no scaling against FP32 standard: worse: every run diverged" in discussion
-    assert "FP16 unit-scaled, no loss scaling against FP32 unit-scaled: 0.011 bpc worse" in discussion
+    assert "FP16 stored, unit-scaled, no loss scaling against FP32 unit-scaled: 0.011 bpc worse" in discussion
     assert "[inconclusive]" in discussion
     assert "sit closer to unit scale" in discussion and "0.75 against 7.25" in discussion
     assert "u-μP fp32: the optimum moves 0.00 binades" in discussion and "within one grid step" in discussion
@@ -378,3 +397,18 @@ def test_umup_section_reports_the_best_loss_beside_the_optimum():
     (line,) = loss_comparisons(groups)  # no BF16 group: no FP8 comparison
     assert line.startswith("Best validation loss, u-μP minus SP") and "+0.100 at width 32" in line
     assert "-0.050 at width 64" in line and "128" not in line
+
+
+def test_shift_section_shows_the_finding_where_the_intervals_say_so(complete):
+    _, _, paper = complete
+    assert "| FP16 standard, no loss scaling | 2.010 ± 0.030 | 2.600 ± 0.030 ▲ |" in paper
+    assert "At shift k = 12" in paper and "degraded beyond its interval at k in [12]" in paper
+
+
+def test_shift_section_says_when_the_finding_is_not_shown(tmp_path):
+    results = make_results(tmp_path / "results")
+    _shift(results, {**SHIFT_BPC, ("fp16-unit", 12): 2.30})  # unit scaling degraded too
+    assert run(results, tmp_path / "paper.md") == 0
+    paper = (tmp_path / "paper.md").read_text()
+    assert "the paper's central finding is not shown here" in paper
+    assert "| FP16 unit-scaled, no loss scaling | 2.110 ± 0.030 | 2.300 ± 0.030 ▲ |" in paper
