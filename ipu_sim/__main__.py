@@ -98,7 +98,12 @@ def _pipeline(text: str | None):
     except ValueError:
         raise ValueError(f"--pipeline must be layers per IPU like 3,7,7,7 or an IPU count, "
                          f"got {text!r}") from None
-    return values[0] if len(values) == 1 and "," not in text else values
+    if len(values) > 1 or "," in text:
+        return values
+    # A count is divided into the system's IPUs, so it must be positive (0 used to divide by zero).
+    if values[0] < 1:
+        raise ValueError(f"--pipeline N must be an IPU count >= 1, got {text!r}")
+    return values[0]
 
 
 def _proportions(text: str) -> float | list[float]:

@@ -7,6 +7,10 @@ output gradients give (approximately) unit-variance outputs and input gradients.
 ties the scales of tensors on a non-cut path into one value (see :mod:`unitscale.constraints`).
 Every docstring lists the op's forward scale and each backward scale.
 
+The standard twin, :mod:`unitscale.standard`, has the same ops and signatures and computes them
+without scales; a model picks one of the two (:attr:`unitscale.nn.Numerics.ops`). Both check their
+arguments with :mod:`unitscale.op_args`.
+
 JAX conventions where they differ from PyTorch:
   * pure functions; randomness from a keyword-only PRNG key ``rng`` on every op with dropout;
   * weights in Flax layout: ``linear`` kernels are ``(in_features, out_features)``, embedding tables
@@ -32,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from unitscale import op_args, standard
 from unitscale.constraints import ConstraintLike, apply_constraint
 from unitscale.scale import scale, scale_bwd, scale_fwd
 from unitscale.softmax_attention import softmax_attention
@@ -62,62 +67,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------
-# Argument checks and small numeric helpers
-
-
-def _float_array(x: ArrayLike, name: str) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
-    return x
-
-
-def _int_array(x: ArrayLike, name: str) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.integer):
-        raise TypeError(f"{name} must be an integer array, got dtype {x.dtype}")
-    return x
-
-
-def _static_number(value: object, name: str) -> float:
-    # Scales are computed in Python at trace time, so their inputs cannot be traced values.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a static Python number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def _positive(value: object, name: str) -> float:
-    value = _static_number(value, name)
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
-
-
-def _rate(value: object, name: str) -> float:
-    value = _static_number(value, name)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must lie in [0, 1), got {value}")
-    return value
-
-
-def _axis(axis: int, ndim: int, name: str) -> int:
-    if not isinstance(axis, int) or isinstance(axis, bool):
-        raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}={axis} is out of range for an input with {ndim} dimensions")
-    return axis % ndim
-
-
-def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
-    """float32 for sub-32-bit floats (bf16, f16, fp8), else the dtype itself."""
-    return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
-
-
-def _upcast(x: jax.Array) -> jax.Array:
-    return x.astype(_compute_dtype(x.dtype))
+# Fitted scale models
 
 
 def _log_interpolate(alpha: float, lower: float, upper: float) -> float:
@@ -215,23 +165,9 @@ def matmul(
     unit-scaling 0.3.5 counts only ``left.shape[-2]`` rows for the right gradient; counting every
     row that sums into it (as the paper's rule states) keeps it unit when left has batch axes.
     """
-    left, right = _float_array(left, "left"), _float_array(right, "right")
-    if left.ndim == 0 or right.ndim == 0:
-        raise ValueError("left and right must have at least one dimension")
-    l_shape = left.shape if left.ndim > 1 else (1, *left.shape)
-    r_shape = right.shape if right.ndim > 1 else (*right.shape, 1)
-    (m, k), (k_right, n) = l_shape[-2:], r_shape[-2:]
-    if k != k_right:
-        raise ValueError(
-            f"left's last dimension ({k}) must equal right's contracted dimension ({k_right}); "
-            f"got shapes {left.shape} and {right.shape}"
-        )
-    try:
-        batch = jnp.broadcast_shapes(l_shape[:-2], r_shape[:-2])
-    except ValueError:
-        raise ValueError(
-            f"batch dimensions of left {left.shape} and right {right.shape} do not broadcast"
-        ) from None
+    left, right = op_args.float_array(left, "left"), op_args.float_array(right, "right")
+    l_shape, r_shape, batch = op_args.matmul_shapes(left, right)
+    (m, k), n = l_shape[-2:], r_shape[-1]
     out_batch = math.prod(batch)
     left_terms = n * out_batch // math.prod(l_shape[:-2])
     right_terms = m * out_batch // math.prod(r_shape[:-2])
@@ -254,28 +190,16 @@ def linear(
     Backward input: ``fan_out^-p1``.
     Backward weight, bias: ``batch^-p2``, batch = ``input.size / fan_in``.
     Constraint ties forward and input-gradient scales (default ``to_output_scale``);
-    ``scale_power = (p0, p1, p2)``.
+    ``scale_power = (p0, p1, p2)``. ``fan_in`` and ``fan_out`` must be >= 1 (a scale ``0^-p``
+    does not exist).
     """
-    input, weight = _float_array(input, "input"), _float_array(weight, "weight")
-    if weight.ndim != 2:
-        raise ValueError(f"weight must be 2-D (fan_in, fan_out), got shape {weight.shape}")
+    input, weight, bias, (p_out, p_in, p_w) = op_args.linear_args(input, weight, bias, scale_power)
     fan_in, fan_out = weight.shape
-    if input.ndim == 0 or input.shape[-1] != fan_in:
-        raise ValueError(
-            f"input's last dimension must equal weight's fan_in {fan_in}; got input shape "
-            f"{input.shape}, weight shape {weight.shape}"
-        )
-    if len(scale_power) != 3:
-        raise ValueError(f"scale_power must have 3 entries, got {scale_power!r}")
-    p_out, p_in, p_w = (_static_number(p, "scale_power") for p in scale_power)
     batch = max(input.size // fan_in, 1)
     out_s, in_s = apply_constraint(constraint, fan_in**-p_out, fan_out**-p_in)
     w_s = batch**-p_w
     out = _scaled_matmul(input, weight, out_s, in_s, w_s)
     if bias is not None:
-        bias = _float_array(bias, "bias")
-        if bias.shape != (fan_out,):
-            raise ValueError(f"bias must have shape ({fan_out},), got {bias.shape}")
         out = _float16_bias(out, bias, out_s, w_s) if out.dtype == jnp.float16 else out + scale(bias, out_s, w_s)
     return out.astype(jnp.result_type(input, weight))
 
@@ -313,7 +237,7 @@ def _scaled_elementwise(
     # vector-Jacobian product is linear). Doing it at the output keeps the backward chain of `fn`
     # ending in its own ops, which XLA then computes once instead of fusing (and recomputing) an
     # expensive chain such as erf's polynomial into each consumer of the scaled gradient.
-    return scale(fn(_upcast(input)), out_scale, grad_scale).astype(out_dtype or input.dtype)
+    return scale(fn(op_args.upcast(input)), out_scale, grad_scale).astype(out_dtype or input.dtype)
 
 
 def gelu(
@@ -329,10 +253,9 @@ def gelu(
     Backward input: ``2^(1-a) * 2^(a/2)``.
     Constraint ties both (default ``to_output_scale``).
     """
-    input = _float_array(input, "input")
-    mult = _positive(mult, "mult")
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    input = op_args.float_array(input, "input")
+    mult = op_args.positive(mult, "mult")
+    op_args.check_approximate(approximate)
     alpha = 1.0 / (1.0 + 0.25 / mult**2)
     out_s = _log_interpolate(alpha, 2.0, (2.0 / (1.0 - 1.0 / math.pi)) ** 0.5)
     grad_s = _log_interpolate(alpha, 2.0, 2.0**0.5)
@@ -356,8 +279,8 @@ def silu(
     Backward input: ``2^(1-b) * 2^(b/2)``.
     Constraint ties both (default ``to_output_scale``).
     """
-    input = _float_array(input, "input")
-    mult = _positive(mult, "mult")
+    input = op_args.float_array(input, "input")
+    mult = op_args.positive(mult, "mult")
     out_s = _log_interpolate(
         1.0 / (1.0 + 0.25 / mult**2), 2.0, (2.0 / (1.0 - 1.0 / math.pi)) ** 0.5
     )
@@ -373,15 +296,12 @@ def silu_glu(input: ArrayLike, gate: ArrayLike, mult: float = 1.0) -> jax.Array:
     Backward input: ``s``.
     Backward gate: ``s``.
     """
-    input, gate = _float_array(input, "input"), _float_array(gate, "gate")
-    if input.shape != gate.shape:
-        raise ValueError(
-            f"input and gate must have equal shapes, got {input.shape} and {gate.shape}"
-        )
-    mult = _positive(mult, "mult")
+    input, gate = op_args.float_array(input, "input"), op_args.float_array(gate, "gate")
+    op_args.equal_shapes(input, gate, "input", "gate")
+    mult = op_args.positive(mult, "mult")
     s = _log_interpolate(1.0 / (1.0 + 1.0 / mult**2), 2.0, 2.0**0.5)
     # Both inputs share the backward scale, so it can act on the incoming gradient.
-    out = scale(_upcast(input) * _silu(_upcast(gate), mult), s, s)
+    out = scale(op_args.upcast(input) * _silu(op_args.upcast(gate), mult), s, s)
     return out.astype(jnp.result_type(input, gate))
 
 
@@ -400,9 +320,9 @@ def softmax(
     Backward input: ``(n/mult)^(1 - a/2)``.
     Constraint ties both (default ``to_output_scale``). Returns ``dtype`` or the input dtype.
     """
-    input = _float_array(input, "input")
-    dim = _axis(dim, input.ndim, "dim")
-    mult = _positive(mult, "mult")
+    input = op_args.float_array(input, "input")
+    dim = op_args.axis(dim, input.ndim, "dim")
+    mult = op_args.positive(mult, "mult")
     n = input.shape[dim]
     alpha = 1.0 / (1.0 + 4.0 / mult**2)
     out_s = _log_interpolate(alpha, n, n**0.5)
@@ -424,13 +344,12 @@ def dropout(
     Forward: ``(1-p)^1/2`` (on top of inverted dropout's ``1/(1-p)``).
     Backward input: ``(1-p)^1/2``, the same (no constraint needed).
     """
-    input = _float_array(input, "input")
-    p = _rate(p, "p")
+    input = op_args.float_array(input, "input")
+    p = op_args.rate(p, "p")
     s = (1.0 - p) ** 0.5
     if not training or p == 0.0:
         return scale(input, s, s)
-    if rng is None:
-        raise ValueError(f"rng: dropout with p={p} in training mode needs a PRNG key `rng`")
+    op_args.require_rng(rng, f"dropout with p={p} in training mode")
     keep = jax.random.bernoulli(rng, 1.0 - p, input.shape)
     kept = jnp.where(keep, input, jnp.zeros((), input.dtype))
     # Forward and backward factors coincide, so this is the plain function with its true gradient.
@@ -441,25 +360,10 @@ def dropout(
 # Normalisation
 
 
-def _norm_params(
-    input: jax.Array,
-    normalized_shape: int | Sequence[int],
-    params: dict[str, ArrayLike | None],
-) -> tuple[tuple[int, ...], dict[str, jax.Array | None], float]:
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    if not shape or len(shape) > input.ndim or input.shape[-len(shape) :] != shape:
-        raise ValueError(
-            f"normalized_shape {shape} must match the trailing dimensions of input {input.shape}"
-        )
-    checked = {}
-    for name, value in params.items():
-        if value is not None:
-            value = _float_array(value, name)
-            if value.shape != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
-        checked[name] = value
-    affine_grad_scale = (math.prod(shape) / max(input.size, 1)) ** 0.5
-    return shape, checked, affine_grad_scale
+def _affine_grad_scale(input: jax.Array, shape: tuple[int, ...]) -> float:
+    """``(prod(shape) / input.size)^1/2``: each element of a norm's gain or offset sums the gradient
+    over ``input.size / prod(shape)`` normalised vectors."""
+    return (math.prod(shape) / max(input.size, 1)) ** 0.5
 
 
 def layer_norm(
@@ -476,16 +380,16 @@ def layer_norm(
     Backward input: 1.
     Backward weight, bias: ``(prod(normalized_shape) / input.size)^1/2``.
     """
-    input = _float_array(input, "input")
-    shape, params, s = _norm_params(input, normalized_shape, {"weight": weight, "bias": bias})
+    input, shape, params = op_args.norm_args(input, normalized_shape, {"weight": weight, "bias": bias})
+    s = _affine_grad_scale(input, shape)
     axes = tuple(range(-len(shape), 0))
-    x = _upcast(input)
+    x = op_args.upcast(input)
     centred = x - x.mean(axes, keepdims=True)
     y = centred * jax.lax.rsqrt((centred**2).mean(axes, keepdims=True) + eps)
     if params["weight"] is not None:
-        y = y * scale_bwd(_upcast(params["weight"]), s)
+        y = y * scale_bwd(op_args.upcast(params["weight"]), s)
     if params["bias"] is not None:
-        y = y + scale_bwd(_upcast(params["bias"]), s)
+        y = y + scale_bwd(op_args.upcast(params["bias"]), s)
     return y.astype(input.dtype)
 
 
@@ -501,13 +405,12 @@ def rms_norm(
     Backward input: 1.
     Backward weight: ``(prod(normalized_shape) / input.size)^1/2``.
     """
-    input = _float_array(input, "input")
-    shape, params, s = _norm_params(input, normalized_shape, {"weight": weight})
+    input, shape, params = op_args.norm_args(input, normalized_shape, {"weight": weight})
     axes = tuple(range(-len(shape), 0))
-    x = _upcast(input)
+    x = op_args.upcast(input)
     y = x * jax.lax.rsqrt((x**2).mean(axes, keepdims=True) + eps)
     if params["weight"] is not None:
-        y = y * scale_bwd(_upcast(params["weight"]), s)
+        y = y * scale_bwd(op_args.upcast(params["weight"]), _affine_grad_scale(input, shape))
     return y.astype(input.dtype)
 
 
@@ -530,15 +433,7 @@ def add(
     """
     if isinstance(input, numbers.Number) or isinstance(other, numbers.Number):
         return jnp.add(input, other)
-    a, b = jnp.asarray(input), jnp.asarray(other)
-    if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(b.dtype, jnp.floating)):
-        raise TypeError(f"input or other must be floating-point, got {a.dtype} and {b.dtype}")
-    try:
-        out_size = math.prod(jnp.broadcast_shapes(a.shape, b.shape))
-    except ValueError:
-        raise ValueError(
-            f"shapes of input {a.shape} and other {b.shape} do not broadcast"
-        ) from None
+    a, b, out_size = op_args.add_operands(input, other)
     dtype = jnp.result_type(a, b)
     if out_size == 0:
         return jnp.add(a, b)
@@ -546,15 +441,13 @@ def add(
     out_s, a_s, b_s = apply_constraint(
         constraint, out_s, (a.size / out_size) ** 0.5, (b.size / out_size) ** 0.5
     )
-    a = scale_bwd(_upcast(a.astype(dtype)), a_s)
-    b = scale_bwd(_upcast(b.astype(dtype)), b_s)
+    a = scale_bwd(op_args.upcast(a.astype(dtype)), a_s)
+    b = scale_bwd(op_args.upcast(b.astype(dtype)), b_s)
     return scale_fwd(a + b, out_s).astype(dtype)
 
 
 def _tau_weights(tau: object) -> tuple[float, float]:
-    tau = _static_number(tau, "tau")
-    if tau < 0:
-        raise ValueError(f"tau must be non-negative, got {tau}")
+    tau = op_args.tau(tau)
     denom = (1.0 + tau**2) ** 0.5
     return tau / denom, 1.0 / denom
 
@@ -567,7 +460,7 @@ def residual_split(input: ArrayLike, tau: float = 1.0) -> tuple[jax.Array, jax.A
     Backward skip: ``1 / (1+tau^2)^1/2``.
     Together the two gradients sum to unit scale at ``input``.
     """
-    input = _float_array(input, "input")
+    input = op_args.float_array(input, "input")
     w_res, w_skip = _tau_weights(tau)
     return scale_bwd(input, w_res), scale_bwd(input, w_skip)
 
@@ -578,13 +471,10 @@ def residual_add(residual: ArrayLike, skip: ArrayLike, tau: float = 1.0) -> jax.
     Forward residual: ``tau / (1+tau^2)^1/2``; forward skip: ``1 / (1+tau^2)^1/2``.
     Backward residual, skip: 1 (:func:`residual_split` applies the weights on the way back).
     """
-    residual, skip = _float_array(residual, "residual"), _float_array(skip, "skip")
-    if residual.shape != skip.shape:
-        raise ValueError(
-            f"residual and skip must have equal shapes, got {residual.shape} and {skip.shape}"
-        )
+    residual, skip = op_args.float_array(residual, "residual"), op_args.float_array(skip, "skip")
+    op_args.equal_shapes(residual, skip, "residual", "skip")
     w_res, w_skip = _tau_weights(tau)
-    out = scale_fwd(_upcast(residual), w_res) + scale_fwd(_upcast(skip), w_skip)
+    out = scale_fwd(op_args.upcast(residual), w_res) + scale_fwd(op_args.upcast(skip), w_skip)
     return out.astype(jnp.result_type(residual, skip))
 
 
@@ -614,20 +504,10 @@ def embedding(input: ArrayLike, weight: ArrayLike, padding_idx: int | None = Non
     Rows at ``padding_idx`` receive no gradient. Ids outside ``[-vocab, vocab)`` give NaN rows
     (``jnp.take`` fill mode; negative ids count from the end, as in NumPy).
     """
-    ids, weight = _int_array(input, "input"), _float_array(weight, "weight")
-    if weight.ndim != 2:
-        raise ValueError(f"weight must be a 2-D (vocab, d) table, got shape {weight.shape}")
-    vocab = weight.shape[0]
-    table = scale_bwd(weight, (vocab / max(ids.size, 1)) ** 0.5)
-    out = jnp.take(table, ids, axis=0)
-    if padding_idx is not None:
-        if not isinstance(padding_idx, int) or not -vocab <= padding_idx < vocab:
-            raise ValueError(
-                f"padding_idx must be an int in [-{vocab}, {vocab}), got {padding_idx!r}"
-            )
-        is_pad = (ids == padding_idx % vocab)[..., None]
-        out = jnp.where(is_pad, jax.lax.stop_gradient(out), out)
-    return out
+    ids, weight = op_args.embedding_args(input, weight, padding_idx)
+    # The lookup itself is the standard one; only the table's gradient is scaled.
+    table = scale_bwd(weight, (weight.shape[0] / max(ids.size, 1)) ** 0.5)
+    return standard.embedding(ids, table, padding_idx)
 
 
 def _attention_scale(seq: int, d_head: int, mult: float, dropout_p: float, causal: bool) -> float:
@@ -637,45 +517,6 @@ def _attention_scale(seq: int, d_head: int, mult: float, dropout_p: float, causa
     flat = (math.log(seq) if causal and seq > 1 else 1.0) / seq
     alpha = 1.0 / (1.0 + 4.0 * d_head / mult**2)
     return (1.0 - dropout_p) ** 0.5 / _log_interpolate(alpha, flat**0.5, 1.0)
-
-
-def _check_attention_shapes(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
-    if min(q.ndim, k.ndim, v.ndim) < 3:
-        raise ValueError(
-            "query, key and value must be (..., seq, heads, d_head); got shapes "
-            f"{q.shape}, {k.shape}, {v.shape}"
-        )
-    if not q.shape[:-3] == k.shape[:-3] == v.shape[:-3]:
-        raise ValueError(
-            f"query, key and value must share batch dimensions; got {q.shape}, {k.shape}, {v.shape}"
-        )
-    if k.shape[:-1] != v.shape[:-1]:
-        raise ValueError(f"key and value must share (seq, heads); got {k.shape} and {v.shape}")
-    if q.shape[-2:] != k.shape[-2:]:
-        raise ValueError(f"query and key must share (heads, d_head); got {q.shape} and {k.shape}")
-
-
-def _attention_mask(
-    attn_mask: ArrayLike | None, logits_shape: tuple[int, ...]
-) -> tuple[jax.Array | None, jax.Array | None]:
-    """``attn_mask`` as a boolean keep-mask or an additive float32 bias (the other None)."""
-    if attn_mask is None:
-        return None, None
-    mask = jnp.asarray(attn_mask)
-    try:
-        fits = jnp.broadcast_shapes(mask.shape, logits_shape) == logits_shape
-    except ValueError:
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"attn_mask of shape {mask.shape} must broadcast to (..., heads, q_seq, kv_seq) "
-            f"= {logits_shape}"
-        )
-    if mask.dtype == jnp.bool_:
-        return mask, None
-    if jnp.issubdtype(mask.dtype, jnp.floating):
-        return None, mask.astype(jnp.float32)
-    raise TypeError(f"attn_mask must be boolean or floating-point, got dtype {mask.dtype}")
 
 
 def scaled_dot_product_attention(
@@ -708,18 +549,10 @@ def scaled_dot_product_attention(
     ``mult`` 1). In post-norm stacks this compounds until training collapses; a larger ``mult``
     (sharper softmax, ``s`` near 1) avoids it (see :class:`unitscale.models.config.TransformerConfig`).
     """
-    q, k, v = (_float_array(t, n) for t, n in ((query, "query"), (key, "key"), (value, "value")))
-    _check_attention_shapes(q, k, v)
-    dropout_p = _rate(dropout_p, "dropout_p")
-    mult = _positive(mult, "mult")
-    if dropout_p > 0.0 and rng is None:
-        raise ValueError(
-            f"rng: attention dropout with dropout_p={dropout_p} needs a PRNG key `rng`"
-        )
-    q_len, heads, d_head = q.shape[-3:]
-    kv_len = k.shape[-3]
-    s = _attention_scale(kv_len, d_head, mult, dropout_p, bool(is_causal))
-    keep, bias = _attention_mask(attn_mask, (*q.shape[:-3], heads, q_len, kv_len))
+    q, k, v, keep, bias, dropout_p = op_args.attention_args(query, key, value, attn_mask, dropout_p, rng)
+    mult = op_args.positive(mult, "mult")
+    d_head = q.shape[-1]
+    s = _attention_scale(k.shape[-3], d_head, mult, dropout_p, bool(is_causal))
     # q, k and v share one backward scale, and the output is linear in the probabilities, so a
     # single scale on them (float32, fused into the softmax and its gradient) scales all of it.
     out = softmax_attention(q, k, v, logit_scale=mult / d_head, is_causal=bool(is_causal), keep=keep,
@@ -761,21 +594,15 @@ def cross_entropy(
     Targets equal to ``ignore_index`` get zero gradient; a mean over no valid target is NaN (as in
     PyTorch). unit-scaling 0.3.5 divides the mean by all targets, ignored ones included; dividing
     by the valid count keeps the value equal to the standard loss.
+
+    Labels must be classes in ``[0, V)`` or ``ignore_index``: concrete labels are checked
+    (ValueError naming ``target``); traced ones (under ``jit``) cannot be, and there a label >= V
+    gives a NaN loss and a negative one counts from the end, as NumPy indexing does.
     """
-    logits = _float_array(input, "input")
-    target = _int_array(target, "target")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    mult = _positive(mult, "mult")
-    if logits.ndim == 0 or target.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"target shape {target.shape} must equal input shape without its class axis; "
-            f"got input {logits.shape}"
-        )
+    logits, target = op_args.cross_entropy_args(input, target, ignore_index, reduction)
+    mult = op_args.positive(mult, "mult")
     vocab = logits.shape[-1]
-    if vocab < 2:
-        raise ValueError(f"input must have at least 2 classes on its last axis, got {vocab}")
-    x = scale_fwd(_upcast(logits), mult)
+    x = scale_fwd(op_args.upcast(logits), mult)
     log_probs = jax.nn.log_softmax(x, axis=-1)
     valid = target != ignore_index
     safe_target = jnp.where(valid, target, 0)[..., None]
@@ -794,14 +621,10 @@ def mse_loss(input: ArrayLike, target: ArrayLike, *, reduction: str = "mean") ->
     Backward input: ``8^-1/2`` (``2 (input - target)`` has std ``8^1/2`` for unit inputs).
     Backward target: ``8^-1/2``.
     """
-    input, target = _float_array(input, "input"), _float_array(target, "target")
-    if input.shape != target.shape:
-        raise ValueError(
-            f"input and target must have equal shapes, got {input.shape} and {target.shape}"
-        )
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    total = jnp.sum((_upcast(input) - _upcast(target)) ** 2)
+    input, target = op_args.float_array(input, "input"), op_args.float_array(target, "target")
+    op_args.equal_shapes(input, target, "input", "target")
+    op_args.check_reduction(reduction)
+    total = jnp.sum((op_args.upcast(input) - op_args.upcast(target)) ** 2)
     fwd = 1.0 / max(input.size, 1) if reduction == "mean" else 1.0
     # Both inputs share the backward scale, so it acts on the scalar loss's gradient.
     return scale(total, fwd, 8**-0.5).astype(jnp.result_type(input, target))
@@ -833,31 +656,10 @@ def tanh(input: ArrayLike, constraint: ConstraintLike = "to_output_scale") -> ja
     Backward input: ``u^-1/2`` (~1.467).
     Constraint ties both (default ``to_output_scale``).
     """
-    input = _float_array(input, "input")
+    input = op_args.float_array(input, "input")
     return _scaled_elementwise(
         jnp.tanh, input, _TANH_FWD_VAR**-0.5, _TANH_BWD_VAR**-0.5, constraint
     )
-
-
-def _conv_padding(padding: object, kernel: int, dilation: int) -> tuple[int, int]:
-    span = dilation * (kernel - 1)
-    if padding == "causal":
-        return span, 0
-    if padding == "same":
-        return span // 2, span - span // 2
-    if padding == "valid":
-        return 0, 0
-    if isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0:
-        return padding, padding
-    raise ValueError(
-        f"padding must be 'causal', 'same', 'valid' or a non-negative int, got {padding!r}"
-    )
-
-
-def _positive_int(value: object, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def conv1d(
@@ -888,30 +690,8 @@ def conv1d(
     ignore zero padding: with causal padding the first ``kernel-1`` outputs see fewer inputs, so
     their variance is lower (for seq 256 and kernel 7 the mean variance is 1.2% below 1).
     """
-    input, weight = _float_array(input, "input"), _float_array(weight, "weight")
-    stride, dilation = _positive_int(stride, "stride"), _positive_int(dilation, "dilation")
-    groups = _positive_int(groups, "groups")
-    if weight.ndim != 3:
-        raise ValueError(
-            f"weight must be 3-D (kernel, in_channels/groups, out_channels), got shape {weight.shape}"
-        )
-    kernel, in_per_group, out_channels = weight.shape
-    if input.ndim < 2:
-        raise ValueError(f"input must be (..., seq, channels), got shape {input.shape}")
-    *lead, seq, in_channels = input.shape
-    if in_channels % groups or out_channels % groups or in_channels // groups != in_per_group:
-        raise ValueError(
-            f"groups={groups} must divide input channels ({in_channels}) and out_channels "
-            f"({out_channels}), and weight.shape[1] ({in_per_group}) must equal "
-            f"in_channels/groups; got input {input.shape}, weight {weight.shape}"
-        )
-    lo, hi = _conv_padding(padding, kernel, dilation)
-    out_seq = (seq + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
-    if out_seq < 1:
-        raise ValueError(
-            f"input seq {seq} is too short for kernel {kernel} with dilation {dilation} and "
-            f"padding {padding!r}"
-        )
+    input, weight, bias, shape = op_args.conv1d_args(input, weight, bias, stride, padding, dilation, groups)
+    lead, seq, in_channels, kernel, in_per_group, out_channels, (lo, hi), out_seq = shape
     n = math.prod(lead)
     fan_in = kernel * in_per_group
     fan_out = kernel * out_channels / (groups * stride)
@@ -922,13 +702,10 @@ def conv1d(
         x, scale_bwd(weight, w_s), window_strides=(stride,), padding=[(lo, hi)],
         rhs_dilation=(dilation,), dimension_numbers=("NWC", "WIO", "NWC"),
         feature_group_count=groups,
-        preferred_element_type=_compute_dtype(jnp.result_type(input, weight)),
+        preferred_element_type=op_args.compute_dtype(jnp.result_type(input, weight)),
     )
     if bias is not None:
-        bias = _float_array(bias, "bias")
-        if bias.shape != (out_channels,):
-            raise ValueError(f"bias must have shape ({out_channels},), got {bias.shape}")
-        out = out + scale_bwd(_upcast(bias), w_s)
+        out = out + scale_bwd(op_args.upcast(bias), w_s)
     out = scale_fwd(out, out_s).reshape(*lead, out_seq, out_channels)
     return out.astype(jnp.result_type(input, weight))
 
@@ -968,14 +745,8 @@ def rnn(
     steps are below unit scale (``Var(a_0) = 1/2`` from a zero state) and so are the last few
     gradients (no future steps feed them), each decaying geometrically at rate ~0.6 per step.
     """
-    input, weight = _float_array(input, "input"), _float_array(weight, "weight")
-    if input.ndim < 2:
-        raise ValueError(f"input must be (..., seq, hidden), got shape {input.shape}")
+    input, weight, bias, initial_state = op_args.rnn_args(input, weight, bias, initial_state)
     *lead, seq, hidden = input.shape
-    if weight.shape != (hidden, hidden):
-        raise ValueError(
-            f"weight must have shape ({hidden}, {hidden}) for input {input.shape}, got {weight.shape}"
-        )
     batch = math.prod(lead)
     grad_var = _TANH_BWD_VAR / (1.0 - _TANH_BWD_VAR / (2.0 * _TANH_FWD_VAR))
     out_s, in_s = apply_constraint(constraint, _TANH_FWD_VAR**-0.5, (grad_var / 2.0) ** -0.5)
@@ -983,24 +754,10 @@ def rnn(
     b_s = (max(batch * seq, 1) * grad_var) ** -0.5
     in_gain, rec_gain = _rnn_gains(hidden)
 
-    drive = _upcast(scale_bwd(input, in_s)) * in_gain
+    drive = op_args.upcast(scale_bwd(input, in_s)) * in_gain
     if bias is not None:
-        bias = _float_array(bias, "bias")
-        if bias.shape != (hidden,):
-            raise ValueError(f"bias must have shape ({hidden},), got {bias.shape}")
-        drive = drive + scale_bwd(_upcast(bias), b_s)
-    recurrent = scale_bwd(_upcast(weight), w_s) * rec_gain
-    if initial_state is None:
-        h0 = jnp.zeros((*lead, hidden), drive.dtype)
-    else:
-        h0 = _upcast(_float_array(initial_state, "initial_state"))
-        if h0.shape != (*lead, hidden):
-            raise ValueError(f"initial_state must have shape {(*lead, hidden)}, got {h0.shape}")
-
-    def step(h, drive_t):
-        h = jnp.tanh(drive_t + h @ recurrent)
-        return h, h
-
-    _, states = jax.lax.scan(step, h0, jnp.moveaxis(drive, -2, 0))
-    out = scale_fwd(jnp.moveaxis(states, 0, -2), out_s)
-    return out.astype(jnp.result_type(input, weight))
+        drive = drive + scale_bwd(op_args.upcast(bias), b_s)
+    recurrent = scale_bwd(op_args.upcast(weight), w_s) * rec_gain
+    # The recurrence itself is the standard one, run in float32 on the scaled drive and weight.
+    states = standard.rnn(drive, recurrent, None, initial_state)
+    return scale_fwd(states, out_s).astype(jnp.result_type(input, weight))

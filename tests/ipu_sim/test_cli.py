@@ -77,6 +77,14 @@ def test_cli_rejects_bad_input_naming_it(argv, message, tiny_file, capsys):
     assert "error:" in err and message in err
 
 
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_cli_pipeline_count_below_one_is_one_line_naming_the_flag(count, tiny_file, capsys):
+    # 0 used to raise ZeroDivisionError, -1 to blame "replicas".
+    assert main([tiny_file, "--pipeline", count]) == 2
+    err = capsys.readouterr().err
+    assert err == f"python -m ipu_sim: error: --pipeline N must be an IPU count >= 1, got '{count}'\n"
+
+
 def test_cli_exit_status_says_when_a_configuration_does_not_fit(tmp_path, capsys):
     path = tmp_path / "wide.json"
     path.write_text(json.dumps(dict(kind="gpt", vocab=256, d_model=1024, depth=6, heads=8, seq=32)))

@@ -30,6 +30,26 @@ CASES = {
         ValueError,
         "input's last dimension must equal weight's fan_in 6",
     ),
+    "linear fan_in zero": (
+        lambda: U.linear(jnp.ones((4, 0)), jnp.ones((0, 8))),
+        ValueError,
+        r"weight must have fan_in and fan_out >= 1, got shape \(0, 8\)",
+    ),
+    "linear fan_out zero": (
+        lambda: U.linear(x46, jnp.ones((6, 0))),
+        ValueError,
+        "weight must have fan_in and fan_out >= 1",
+    ),
+    "linear_readout fan_in zero": (
+        lambda: U.linear_readout(jnp.ones((4, 0)), jnp.ones((0, 8))),
+        ValueError,
+        "weight must have fan_in and fan_out >= 1",
+    ),
+    "matmul empty contraction": (
+        lambda: U.matmul(jnp.ones((4, 0)), jnp.ones((0, 3))),
+        ValueError,
+        "left and right must have non-empty matrix dimensions",
+    ),
     "linear weight rank": (lambda: U.linear(x46, jnp.ones(6)), ValueError, "weight must be 2-D"),
     "linear bias shape": (
         lambda: U.linear(x46, w68, jnp.ones(6)),
@@ -108,10 +128,30 @@ CASES = {
         ValueError,
         "at least 2 classes",
     ),
+    "cross_entropy label too large": (
+        lambda: U.cross_entropy(x46, jnp.asarray([0, 1, 6, 2])),
+        ValueError,
+        r"target must hold class indices in \[0, 6\) or ignore_index=-100; got 6",
+    ),
+    "cross_entropy negative label": (
+        lambda: U.cross_entropy(x46, jnp.asarray([0, -1, 2, -100])),
+        ValueError,
+        r"target must hold class indices in \[0, 6\) or ignore_index=-100; got -1",
+    ),
     "mse shapes": (
         lambda: U.mse_loss(x46, jnp.ones((1, 6))),
         ValueError,
         "input and target must have equal shapes",
+    ),
+    "conv1d no output channels": (
+        lambda: U.conv1d(jnp.ones((2, 5, 4)), jnp.ones((3, 4, 0))),
+        ValueError,
+        "weight must be 3-D .* with no empty axis",
+    ),
+    "rnn no hidden units": (
+        lambda: U.rnn(jnp.ones((2, 5, 0)), jnp.ones((0, 0))),
+        ValueError,
+        "hidden >= 1",
     ),
     # axes
     "softmax dim range": (lambda: U.softmax(x46, 2), ValueError, "dim=2 is out of range"),

@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import unitscale.functional as U
 from unitscale.models.config import TransformerConfig
 from unitscale.models.losses import batch_field, token_cross_entropy
 from unitscale.models.transformer import Embeddings, make_norm, make_stack
@@ -81,7 +80,7 @@ class BERT(nnx.Module):
     def __init__(self, config: BERTConfig, *, rngs: nnx.Rngs):
         if not isinstance(config, BERTConfig):
             raise TypeError(f"config must be a BERTConfig, got {type(config).__name__}")
-        self.config = config
+        self.config, self.numerics = config, config.numerics
         d, common = config.d_model, dict(numerics=config.numerics, init_std=config.init_std, rngs=rngs)
         self.embeddings = Embeddings(config, type_vocab_size=config.type_vocab_size, norm=True, rngs=rngs)
         self.stack = make_stack(config, causal=False, rngs=rngs)
@@ -109,7 +108,7 @@ class BERT(nnx.Module):
         """MLM logits ``(batch, seq, vocab_size)`` at every position."""
         h = self.mlm_transform(self.hidden_states(ids, token_type_ids, attention_mask))
         with jax.named_scope("mlm_head"):
-            h = U.gelu(h, self.config.ffn_act_mult) if self.config.unit_scaled else jax.nn.gelu(h, approximate=False)
+            h = self.numerics.ops.gelu(h, self.config.ffn_act_mult)
             return self.readout(self.mlm_norm(h))
 
     def classify(
@@ -121,7 +120,7 @@ class BERT(nnx.Module):
         first = self.hidden_states(ids, token_type_ids, attention_mask)[..., 0, :]
         pooled = self.pooler(first)
         with jax.named_scope("pooler"):
-            pooled = U.tanh(pooled) if self.config.unit_scaled else jnp.tanh(pooled)
+            pooled = self.numerics.ops.tanh(pooled)
         return self.classifier(self.pooler_dropout(pooled))
 
 

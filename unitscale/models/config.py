@@ -42,7 +42,8 @@ class TransformerConfig:
 
     ``unit_scaled`` switches between the unit-scaled model (N(0, 1) weights, unitscale.functional
     ops, residual weights tau from ``residual_mult``/``residual_attn_ratio``) and the standard one
-    (weights N(0, ``init_std``^2), plain ops, 1/sqrt(d_head) attention). The u-muP multipliers
+    (weights N(0, ``init_std``^2), unitscale.standard ops, 1/sqrt(d_head) attention); the layers
+    get the twin from :attr:`numerics` (``Numerics.ops``). The u-muP multipliers
     (``attn_softmax_mult``, ``ffn_act_mult``, ``loss_softmax_mult``, and the residual rule) are used
     by the unit-scaled model only. Parameters stay float32.
 

@@ -7,9 +7,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
-import unitscale.functional as U
+from unitscale.nn.numerics import op_twin
 
 __all__ = ["batch_field", "token_cross_entropy"]
 
@@ -29,10 +28,12 @@ def token_cross_entropy(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean cross-entropy over the positions where ``valid``, and per-batch totals.
 
-    Unit-scaled: :func:`unitscale.functional.cross_entropy` with ``mult`` (u-muP's alpha_loss-softmax
-    scales the logits); its value is the standard mean, its logit gradient is unit-scaled. Standard:
-    ``optax.softmax_cross_entropy_with_integer_labels`` averaged over valid positions (``mult``
-    ignored). Both compute in float32; with no valid position the mean is NaN, as in PyTorch.
+    ``cross_entropy`` of the parametrisation's ops (:func:`unitscale.nn.numerics.op_twin`), with
+    invalid positions ignored. Unit-scaled: :func:`unitscale.functional.cross_entropy` with ``mult``
+    (u-muP's alpha_loss-softmax scales the logits); its value is the standard mean, its logit
+    gradient is unit-scaled. Standard: :func:`unitscale.standard.cross_entropy`, optax's
+    cross-entropy averaged over valid positions (``mult`` has no effect). Both compute in float32;
+    with no valid position the mean is NaN, as in PyTorch.
 
     Returns ``(loss, {"nll": sum of per-token losses, "correct": argmax hits, "count": valid count})``.
     """
@@ -41,11 +42,9 @@ def token_cross_entropy(
     safe = jnp.where(valid, targets, 0)
     count = jnp.sum(valid).astype(jnp.float32)
     logits32 = logits.astype(jnp.float32)
-    if unit_scaled:
-        loss = U.cross_entropy(logits32, jnp.where(valid, targets, _IGNORE), ignore_index=_IGNORE, mult=mult)
-    else:
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits32, safe)
-        loss = jnp.sum(jnp.where(valid, nll, 0.0)) / count
+    loss = op_twin(unit_scaled).cross_entropy(
+        logits32, jnp.where(valid, targets, _IGNORE), ignore_index=_IGNORE, mult=mult
+    )
     correct = jnp.sum(valid & (jnp.argmax(logits, axis=-1) == safe)).astype(jnp.float32)
     totals = {"nll": jax.lax.stop_gradient(loss) * count, "correct": correct, "count": count}
     return loss, totals

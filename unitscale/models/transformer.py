@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import unitscale.functional as U
 from unitscale.models.config import TransformerConfig
 from unitscale.nn.attention import MultiHeadSelfAttention
 from unitscale.nn.dropout import Dropout
@@ -70,21 +69,17 @@ def make_stack(
     return TransformerStack(layers, remat=config.remat)
 
 
-def _combine(a: jax.Array, b: jax.Array, unit_scaled: bool) -> jax.Array:
-    # Unit-scaled: add() scales the sum of two unit-variance tables by 2^-1/2.
-    return U.add(a, b) if unit_scaled else a + b
-
-
 class Embeddings(nnx.Module):
     """Token + learned position (+ token-type) embeddings, then an optional norm, then dropout.
 
     Tables: ``tokens`` (vocab_size, d), ``positions`` (max_len, d), ``token_types`` (type_vocab_size,
-    d) when ``type_vocab_size > 0``. Unit-scaled, the sums use :func:`unitscale.functional.add`.
+    d) when ``type_vocab_size > 0``. The sums are ``add`` of the config's ops (unit-scaled, the sum
+    of two unit-variance tables is scaled by 2^-1/2).
     """
 
     def __init__(self, config: TransformerConfig, *, type_vocab_size: int = 0, norm: bool = False,
                  rngs: nnx.Rngs):
-        self.config = config
+        self.config, self.numerics = config, config.numerics
         common = dict(numerics=config.numerics, init_std=config.init_std, rngs=rngs)
         self.tokens = Embedding(config.vocab_size, config.d_model, role="token_embedding", **common)
         self.positions = Embedding(config.max_len, config.d_model, role="position_embedding", **common)
@@ -104,8 +99,9 @@ class Embeddings(nnx.Module):
         if ids.shape[-1] > cfg.max_len:
             raise ValueError(f"sequence length {ids.shape[-1]} exceeds max_len={cfg.max_len}")
         check_ids(ids, cfg.vocab_size, "vocab_size")
+        add = self.numerics.ops.add
         with jax.named_scope("embeddings"):
-            x = _combine(self.tokens(ids), self.positions(jnp.arange(ids.shape[-1])), cfg.unit_scaled)
+            x = add(self.tokens(ids), self.positions(jnp.arange(ids.shape[-1])))
             if token_type_ids is not None:
                 if self.token_types is None:
                     raise ValueError("token_type_ids given but type_vocab_size is 0")
@@ -115,9 +111,9 @@ class Embeddings(nnx.Module):
                         f"token_type_ids must have the shape of the ids {ids.shape}, got {token_type_ids.shape}"
                     )
                 check_ids(token_type_ids, self.token_types.num_embeddings, "type_vocab_size")
-                x = _combine(x, self.token_types(token_type_ids), cfg.unit_scaled)
+                x = add(x, self.token_types(token_type_ids))
             elif self.token_types is not None:
-                x = _combine(x, self.token_types(jnp.zeros_like(ids)), cfg.unit_scaled)
+                x = add(x, self.token_types(jnp.zeros_like(ids)))
             if self.norm is not None:
                 x = self.norm(x)
             return self.dropout(x)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import unitscale.functional as U
 from unitscale.nn.dropout import Dropout
 from unitscale.nn.linear import Linear
 from unitscale.nn.numerics import Numerics
-from unitscale.softmax_attention import softmax_attention
 
 __all__ = ["attend", "padding_mask", "MultiHeadSelfAttention"]
 
@@ -43,15 +39,11 @@ def attend(
     """Attention of ``(..., seq, heads, d_head)`` tensors; ``mask`` broadcasts to
     ``(..., heads, q_seq, kv_seq)`` (True = attend). Dropout on the probabilities when ``key`` is set.
 
-    Unit-scaled: :func:`unitscale.functional.scaled_dot_product_attention` (logits ``mult/d_head``).
-    Standard: logits ``1/sqrt(d_head)``; ``mult`` is ignored.
+    ``scaled_dot_product_attention`` of ``numerics.ops``: unit-scaled, logits ``mult/d_head``;
+    standard, logits ``1/sqrt(d_head)`` (``mult`` has no effect).
     """
-    if numerics.unit_scaled:
-        p = dropout_p if key is not None else 0.0
-        return U.scaled_dot_product_attention(q, k, v, mask, p, causal, mult, rng=key)
-    out = softmax_attention(q, k, v, logit_scale=1.0 / math.sqrt(q.shape[-1]), is_causal=causal, keep=mask,
-                            dropout_p=dropout_p if key is not None else 0.0, rng=key)
-    return out.astype(numerics.compute_dtype)
+    p = dropout_p if key is not None else 0.0
+    return numerics.ops.scaled_dot_product_attention(q, k, v, mask, p, causal, mult, rng=key)
 
 
 class MultiHeadSelfAttention(nnx.Module):

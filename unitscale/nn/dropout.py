@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-import unitscale.functional as U
 from unitscale.nn.numerics import Numerics
 
 __all__ = ["Dropout"]
@@ -15,8 +13,8 @@ __all__ = ["Dropout"]
 class Dropout(nnx.Module):
     """Zero each element with probability ``rate`` in training mode (``deterministic=False``).
 
-    Unit-scaled: :func:`unitscale.functional.dropout` (kept values ``(1-rate)^-1/2 x``; evaluation
-    returns ``(1-rate)^1/2 x``). Standard: inverted dropout (kept values ``x / (1-rate)``; evaluation
+    ``dropout`` of ``numerics.ops``: unit-scaled, kept values ``(1-rate)^-1/2 x`` and evaluation
+    returns ``(1-rate)^1/2 x``; standard, inverted dropout (kept values ``x / (1-rate)``; evaluation
     returns ``x``). Keys come from the ``rngs`` stream ``"dropout"``; none is needed when
     ``rate == 0`` or in evaluation mode.
     """
@@ -50,9 +48,4 @@ class Dropout(nnx.Module):
         return self.rngs() if self.active else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.numerics.unit_scaled:
-            return U.dropout(x, self.rate, training=self.active, rng=self.key())
-        if not self.active:
-            return x
-        keep = jax.random.bernoulli(self.key(), 1.0 - self.rate, x.shape)
-        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros((), x.dtype)).astype(x.dtype)
+        return self.numerics.ops.dropout(x, self.rate, training=self.active, rng=self.key())

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import unitscale.functional as U
 from unitscale.nn.init import normal_weight
 from unitscale.nn.numerics import Numerics
 from unitscale.nn.params import make_param
@@ -34,8 +33,8 @@ def check_ids(ids: jax.Array, size: int, name: str) -> None:
 class Embedding(nnx.Module):
     """Lookup ``table[ids]`` of a ``(num_embeddings, features)`` table.
 
-    Unit-scaled: N(0, 1) table, :func:`unitscale.functional.embedding` (table gradient scaled by
-    ``(num_embeddings / ids.size)^1/2``). Standard: N(0, init_std^2), N(0, 1) when None (as
+    ``embedding`` of ``numerics.ops``: unit-scaled, N(0, 1) table, the table gradient scaled by
+    ``(num_embeddings / ids.size)^1/2``; standard, N(0, init_std^2), N(0, 1) when None (as
     ``nnx.Embed``). Parameter name ``embedding`` as in ``nnx.Embed``.
     """
 
@@ -54,7 +53,7 @@ class Embedding(nnx.Module):
         # An embedding row is one input per output: LeCun with fan_in 1 is N(0, 1).
         table = normal_weight(
             rngs.params(), (num_embeddings, features),
-            unit_scaled=numerics.unit_scaled, fan_in=1, std=init_std,
+            numerics=numerics, fan_in=1, std=init_std,
         )
         self.embedding = make_param(
             table, kind="embedding", fan_in=num_embeddings, fan_out=features, in_residual=False, role=role
@@ -63,9 +62,4 @@ class Embedding(nnx.Module):
     def __call__(self, ids: jax.Array) -> jax.Array:
         check_ids(ids, self.num_embeddings, "num_embeddings")
         with jax.named_scope(self.role):
-            table = self.embedding[...]
-            if self.numerics.unit_scaled:
-                out = U.embedding(ids, table)
-            else:
-                out = jnp.take(table, ids, axis=0)
-            return self.numerics.cast(out)
+            return self.numerics.cast(self.numerics.ops.embedding(ids, self.embedding[...]))

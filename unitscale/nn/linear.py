@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import unitscale.functional as U
 from unitscale.nn.init import normal_weight
 from unitscale.nn.numerics import Numerics
 from unitscale.nn.params import make_param
@@ -37,29 +36,19 @@ def dense(
 ) -> jax.Array:
     """``y = x W + b`` in the compute dtype, accumulated in float32; kernel is ``(fan_in, fan_out)``.
 
-    Unit-scaled: :func:`unitscale.functional.linear` (output ``fan_in^-1/2``), or for a readout
-    :func:`unitscale.functional.linear_readout` (output ``1/fan_in``). Standard: the plain product.
-    ``role`` names this matmul for precision policies. With a ``quantizer`` (the Linear's, for a role
-    its policy quantises) the same map runs with quantised inputs and output-gradient, in float32,
-    the weights quantised straight from their float32 master copy.
+    The map is ``linear`` (or, for a readout, ``linear_readout``) of ``numerics.ops``: unit-scaled,
+    output ``fan_in^-1/2`` (readout ``1/fan_in``); standard, the plain product. ``role`` names this
+    matmul for precision policies. With a ``quantizer`` (the Linear's, for a role its policy
+    quantises) the same map runs with quantised inputs and output-gradient, in float32, the weights
+    quantised straight from their float32 master copy. Either way the result is rounded once to the
+    compute dtype here (the standard product comes back as its float32 accumulator).
     """
+    op = numerics.ops.linear_readout if readout else numerics.ops.linear
     if quantizer is not None:
-        op = (U.linear_readout if readout else U.linear) if numerics.unit_scaled else _affine
         return quantizer(op, x, kernel, bias).astype(numerics.compute_dtype)
     x, kernel = numerics.cast(x), numerics.cast(kernel)
     bias = None if bias is None else numerics.cast(bias)
-    if numerics.unit_scaled:
-        op = U.linear_readout if readout else U.linear
-        return op(x, kernel, bias)
-    y = jnp.matmul(x, kernel, preferred_element_type=jnp.float32)
-    if bias is not None:
-        y = y + bias.astype(jnp.float32)
-    return y.astype(numerics.compute_dtype)
-
-
-def _affine(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
-    y = jnp.matmul(x, kernel, preferred_element_type=jnp.float32)
-    return y if bias is None else y + bias.astype(jnp.float32)
+    return op(x, kernel, bias).astype(numerics.compute_dtype)
 
 
 class Linear(nnx.Module):
@@ -95,7 +84,7 @@ class Linear(nnx.Module):
         self.in_features, self.out_features = in_features, out_features
         w = normal_weight(
             rngs.params(), (in_features, out_features),
-            unit_scaled=numerics.unit_scaled, fan_in=in_features, std=init_std,
+            numerics=numerics, fan_in=in_features, std=init_std,
         )
         meta = dict(in_residual=in_residual, role=role)
         self.kernel = make_param(w, kind=self._kind, fan_in=in_features, fan_out=out_features, **meta)

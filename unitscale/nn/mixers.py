@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import unitscale.functional as U
 from unitscale.nn.init import normal_weight
 from unitscale.nn.linear import Linear
 from unitscale.nn.numerics import Numerics
@@ -26,8 +25,8 @@ class CausalConv(nnx.Module):
     (``kernel`` taps, ``groups`` groups; ``groups=features`` is depthwise), then a pointwise
     Linear ``"conv_out"``. Output t sees inputs ``t-kernel+1 .. t``.
 
-    Unit-scaled: :func:`unitscale.functional.conv1d` (output ``(kernel*features/groups)^-1/2``),
-    N(0, 1) weights. Standard: the plain convolution, weights N(0, init_std^2) (LeCun when None).
+    ``conv1d`` of ``numerics.ops``: unit-scaled (output ``(kernel*features/groups)^-1/2``), N(0, 1)
+    weights; standard, the plain convolution, weights N(0, init_std^2) (LeCun when None).
     The convolution is not a matmul of :func:`unitscale.nn.linear.dense`; its pointwise
     projection is.
     """
@@ -53,7 +52,7 @@ class CausalConv(nnx.Module):
         fan_in = kernel * features // groups
         w = normal_weight(
             rngs.params(), (kernel, features // groups, features),
-            unit_scaled=numerics.unit_scaled, fan_in=fan_in, std=init_std,
+            numerics=numerics, fan_in=fan_in, std=init_std,
         )
         meta = dict(in_residual=in_residual, role="conv")
         self.kernel = make_param(w, kind="hidden", fan_in=fan_in, fan_out=fan_in, **meta)
@@ -72,23 +71,8 @@ class CausalConv(nnx.Module):
         w = self.numerics.cast(self.kernel[...])
         b = None if self.bias is None else self.numerics.cast(self.bias[...])
         with jax.named_scope("conv"):
-            if self.numerics.unit_scaled:
-                y = U.conv1d(x, w, b, padding="causal", groups=self.groups)
-            else:
-                y = _plain_causal_conv(x, w, b, self.groups)
+            y = self.numerics.ops.conv1d(x, w, b, padding="causal", groups=self.groups)
             return self.out(y)
-
-
-def _plain_causal_conv(x, w, b, groups):
-    lead, (seq, channels) = x.shape[:-2], x.shape[-2:]
-    y = jax.lax.conv_general_dilated(
-        x.reshape(-1, seq, channels), w, window_strides=(1,), padding=[(w.shape[0] - 1, 0)],
-        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups,
-        preferred_element_type=jnp.float32,
-    )
-    if b is not None:
-        y = y + b.astype(jnp.float32)
-    return y.reshape(*lead, seq, -1).astype(x.dtype)
 
 
 class ElmanRNN(nnx.Module):
@@ -96,9 +80,9 @@ class ElmanRNN(nnx.Module):
     returning the hidden states. ``W_in`` is the Linear ``"rnn_in"``; ``W`` (``recurrent``) and ``b``
     belong to the recurrence.
 
-    Unit-scaled: :func:`unitscale.functional.rnn` (unit-variance states and gradients at init; the
-    derivation is in its docstring), N(0, 1) weights. Standard: the plain recurrence, weights
-    N(0, init_std^2) (LeCun when None).
+    ``rnn`` of ``numerics.ops``: unit-scaled (unit-variance states and gradients at init; the
+    derivation is in :func:`unitscale.functional.rnn`), N(0, 1) weights; standard, the plain
+    recurrence, weights N(0, init_std^2) (LeCun when None).
     """
 
     def __init__(
@@ -118,7 +102,7 @@ class ElmanRNN(nnx.Module):
         )
         w = normal_weight(
             rngs.params(), (features, features),
-            unit_scaled=numerics.unit_scaled, fan_in=features, std=init_std,
+            numerics=numerics, fan_in=features, std=init_std,
         )
         meta = dict(in_residual=in_residual, role="rnn_recurrent")
         self.recurrent = make_param(w, kind="hidden", fan_in=features, fan_out=features, **meta)
@@ -134,18 +118,4 @@ class ElmanRNN(nnx.Module):
         w = self.numerics.cast(self.recurrent[...])
         b = None if self.bias is None else self.numerics.cast(self.bias[...])
         with jax.named_scope("rnn"):
-            if self.numerics.unit_scaled:
-                return U.rnn(drive, w, b)
-            return _plain_elman(drive, w, b)
-
-
-def _plain_elman(drive, w, b):
-    d32 = drive.astype(jnp.float32) + (0.0 if b is None else b.astype(jnp.float32))
-    w32 = w.astype(jnp.float32)
-
-    def step(h, d_t):
-        h = jnp.tanh(d_t + h @ w32)
-        return h, h
-
-    _, states = jax.lax.scan(step, jnp.zeros(d32.shape[:-2] + d32.shape[-1:]), jnp.moveaxis(d32, -2, 0))
-    return jnp.moveaxis(states, 0, -2).astype(drive.dtype)
+            return self.numerics.ops.rnn(drive, w, b)

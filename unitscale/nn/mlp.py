@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-import unitscale.functional as U
 from unitscale.nn.linear import Linear
 from unitscale.nn.numerics import Numerics
 
@@ -17,9 +16,9 @@ ACTIVATIONS: tuple[str, ...] = ("gelu", "swiglu")
 class MLP(nnx.Module):
     """Linears with roles ``"ffn_up"``, ``"ffn_gate"`` (SwiGLU only) and ``"ffn_down"``.
 
-    Unit-scaled: :func:`unitscale.functional.gelu` / :func:`~unitscale.functional.silu_glu` with
-    ``act_mult`` (u-muP's alpha_ffn-act). Standard: exact ``jax.nn.gelu`` / ``x * silu(gate)``;
-    ``act_mult`` is ignored.
+    The activation is ``gelu`` / ``silu_glu`` of ``numerics.ops`` with ``act_mult`` (u-muP's
+    alpha_ffn-act): unit-scaled, :func:`unitscale.functional.gelu` / ``silu_glu``; standard, exact
+    ``jax.nn.gelu`` / ``x * silu(gate)``, where ``act_mult`` has no effect.
     """
 
     def __init__(
@@ -45,11 +44,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         with jax.named_scope("mlp"):
-            up = self.up(x)
-            unit = self.numerics.unit_scaled
+            up, ops = self.up(x), self.numerics.ops
             if self.gate is None:
-                h = U.gelu(up, self.act_mult) if unit else jax.nn.gelu(up, approximate=False)
+                h = ops.gelu(up, self.act_mult)
             else:
-                gate = self.gate(x)
-                h = U.silu_glu(up, gate, self.act_mult) if unit else up * jax.nn.silu(gate)
+                h = ops.silu_glu(up, self.gate(x), self.act_mult)
             return self.down(h)

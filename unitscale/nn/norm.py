@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import unitscale.functional as U
 from unitscale.nn.numerics import Numerics
 from unitscale.nn.params import make_param
 
@@ -20,8 +19,8 @@ def _norm_param(value: jax.Array, in_residual: bool) -> nnx.Param:
 class LayerNorm(nnx.Module):
     """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis (``nnx.LayerNorm`` names).
 
-    Unit-scaled: :func:`unitscale.functional.layer_norm` (the gain/offset gradients scaled by
-    ``(features / x.size)^1/2``). Standard: the same arithmetic with plain gradients.
+    ``layer_norm`` of ``numerics.ops``: unit-scaled, the gain/offset gradients are scaled by
+    ``(features / x.size)^1/2``; standard, the same arithmetic with plain gradients.
     """
 
     def __init__(
@@ -40,18 +39,13 @@ class LayerNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         bias = None if self.bias is None else self.bias[...]
         with jax.named_scope("layer_norm"):
-            if self.numerics.unit_scaled:
-                y = U.layer_norm(x, self.features, self.scale[...], bias, self.eps)
-            else:
-                x32 = x.astype(jnp.float32)
-                centred = x32 - x32.mean(-1, keepdims=True)
-                y = centred * jax.lax.rsqrt((centred**2).mean(-1, keepdims=True) + self.eps)
-                y = y * self.scale[...] + (0.0 if bias is None else bias)
+            y = self.numerics.ops.layer_norm(x, self.features, self.scale[...], bias, self.eps)
             return self.numerics.cast(y)
 
 
 class RMSNorm(nnx.Module):
-    """``x / sqrt(mean(x^2) + eps) * scale`` over the last axis (``nnx.RMSNorm`` names)."""
+    """``x / sqrt(mean(x^2) + eps) * scale`` over the last axis (``nnx.RMSNorm`` names), by
+    ``rms_norm`` of ``numerics.ops`` (unit-scaled: the gain gradient scaled as in LayerNorm)."""
 
     def __init__(
         self,
@@ -66,9 +60,5 @@ class RMSNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         with jax.named_scope("rms_norm"):
-            if self.numerics.unit_scaled:
-                y = U.rms_norm(x, self.features, self.scale[...], self.eps)
-            else:
-                x32 = x.astype(jnp.float32)
-                y = x32 * jax.lax.rsqrt((x32**2).mean(-1, keepdims=True) + self.eps) * self.scale[...]
+            y = self.numerics.ops.rms_norm(x, self.features, self.scale[...], self.eps)
             return self.numerics.cast(y)

@@ -1,15 +1,28 @@
-"""How a module computes: unit-scaled or standard parametrisation, activation dtype, precision policy."""
+"""How a module computes: unit-scaled or standard parametrisation, activation dtype, precision policy.
+
+The parametrisation is decided here and nowhere else: :attr:`Numerics.ops` is the op twin a layer
+calls (:mod:`unitscale.functional` or :mod:`unitscale.standard`, same names and signatures) and
+:meth:`Numerics.weight_std` the scale of its initial weights, so layers hold no branch on it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from types import ModuleType
 
 import jax
 import jax.numpy as jnp
 
+from unitscale import functional, standard
 from unitscale.precision.policy import COMPUTE_DTYPES, PrecisionPolicy, precision_policy
 
-__all__ = ["COMPUTE_DTYPES", "Numerics"]
+__all__ = ["COMPUTE_DTYPES", "Numerics", "op_twin"]
+
+
+def op_twin(unit_scaled: bool) -> ModuleType:
+    """The op set of a parametrisation: :mod:`unitscale.functional` (unit-scaled) or
+    :mod:`unitscale.standard`."""
+    return functional if unit_scaled else standard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +31,8 @@ class Numerics:
 
     Attributes:
       unit_scaled: N(0, 1) weights and :mod:`unitscale.functional` ops if True; the usual
-        initialisations and plain ops otherwise.
+        initialisations and :mod:`unitscale.standard` ops otherwise (see :attr:`ops`,
+        :meth:`weight_std`).
       dtype: activation (compute) dtype name, one of ``COMPUTE_DTYPES``; None (default) takes the
         policy's ``compute_dtype``, a given dtype replaces it. Parameters stay float32 and are cast
         to it where they are used.
@@ -44,7 +58,25 @@ class Numerics:
         object.__setattr__(self, "dtype", policy.compute_dtype)
 
     @property
+    def ops(self) -> ModuleType:
+        """The op twin of this parametrisation (:func:`op_twin`); layers call ``numerics.ops.<op>``."""
+        return op_twin(self.unit_scaled)
+
+    def weight_std(self, fan_in: int, std: float | None) -> float:
+        """The std ``s`` of a weight's N(0, s^2) initialisation: 1 unit-scaled (the ops' scales
+        assume unit-variance weights); else ``std``, or ``fan_in^-1/2`` (LeCun, the variance of
+        Flax's default kernel init) when ``std`` is None."""
+        if self.unit_scaled:
+            return 1.0
+        if std is None:
+            return fan_in**-0.5
+        if std > 0:
+            return float(std)
+        raise ValueError(f"init std must be positive, got {std!r}")
+
+    @property
     def compute_dtype(self) -> jnp.dtype:
+        """The activation dtype as a ``jnp.dtype``."""
         return jnp.dtype(self.dtype)
 
     def cast(self, x: jax.Array) -> jax.Array:

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 import jax
 from flax import nnx
 
-import unitscale.functional as U
 from unitscale.nn.dropout import Dropout
 from unitscale.nn.numerics import Numerics
 
@@ -20,9 +19,9 @@ class TransformerLayer(nnx.Module):
     """``x -> mlp branch(mixer branch(x))`` with residual connections.
 
     Pre-norm: ``x + f(norm(x))``; post-norm: ``norm(x + f(x))``; ``f`` is followed by dropout.
-    Unit-scaled, the sum is :func:`unitscale.functional.residual_split` / ``residual_add`` with the
-    branch weight ``tau`` (``(tau f + x) / sqrt(1 + tau^2)``; ``taus = (tau_mixer, tau_mlp)``, see
-    :func:`unitscale.nn.residual.residual_taus`). Standard: the plain sum; ``taus`` are ignored.
+    The sum is ``residual_split`` / ``residual_add`` of ``numerics.ops`` with the branch weight
+    ``tau`` (``taus = (tau_mixer, tau_mlp)``, see :func:`unitscale.nn.residual.residual_taus`):
+    unit-scaled, ``(tau f + x) / sqrt(1 + tau^2)``; standard, the plain sum (``taus`` have no effect).
 
     ``mixer(x, mask)`` is any sequence mixer (attention, convolution, RNN); ``mlp(x)`` the FFN.
     """
@@ -54,11 +53,9 @@ class TransformerLayer(nnx.Module):
     def _branch(self, x: jax.Array, fn: Callable, norm: nnx.Module, dropout: Dropout, tau: float):
         pre = self.norm_placement == "pre"
         branch = (lambda r: dropout(fn(norm(r)))) if pre else (lambda r: dropout(fn(r)))
-        if self.numerics.unit_scaled:
-            residual, skip = U.residual_split(x, tau)
-            y = U.residual_add(branch(residual), skip, tau)
-        else:
-            y = x + branch(x)
+        ops = self.numerics.ops
+        residual, skip = ops.residual_split(x, tau)
+        y = ops.residual_add(branch(residual), skip, tau)
         return y if pre else norm(y)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:

@@ -1,8 +1,8 @@
 """The quantised weight matmul ``y = op(x, W, b)`` of a precision policy, with its recipe state.
 
-``op`` is the layer's own bilinear map (unit-scaled :func:`unitscale.functional.linear` /
-``linear_readout``, or the plain affine map), so its forward and backward scales stay where they are
-defined. Around it, for a matmul of a quantising policy:
+``op`` is the layer's own bilinear map (``linear`` / ``linear_readout`` of its op twin,
+:mod:`unitscale.functional` or :mod:`unitscale.standard`), so its forward and backward scales stay
+where they are defined. Around it, for a matmul of a quantising policy:
 
 * forward: ``x`` and ``W`` (float32; weights straight from the float32 master copy) are rounded to
   ``fwd`` as ``q = quantize(s x)`` and enter ``op`` as ``q / s`` (straight-through gradient); the
