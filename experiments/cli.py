@@ -10,20 +10,30 @@ options with :meth:`ExperimentCLI.add`, and gets a :class:`~experiments.train.Tr
     config = cli.train_config(args)
 
 An option the user gives always wins; otherwise ``--quick`` picks the quick value where the script set
-one, else the default. ``--help`` shows both. :func:`run_train` is a script's one-run command line
-(parse, resolve, train, print a summary); :func:`run_main` turns the loop's expected stops (interrupt,
-divergence, missing data, unusable checkpoint) into a message and an exit code instead of a traceback.
+one, else the default. ``--help`` shows both. A ``--quick`` run is a smoke test: its default output
+directory lies outside the repository (:func:`quick_out`) and it says so (:data:`SMOKE_TEST`).
+:func:`run_train` is a script's one-run command line (parse, resolve, train, print a summary);
+:func:`run_main` turns the loop's expected stops (interrupt, divergence, missing data, unusable
+checkpoint, a bad input) into one line and an exit code instead of a traceback.
+
+Every script names the same things the same way: ``--out``, ``--data``, ``--fresh``, ``--quick``,
+``--size``, ``--precision``, ``--scaling`` and ``--system`` (the IPU system; ``ipu_sim``'s own flag).
+Older spellings stay as aliases: ``--loss-scale``, ``--ipu-system`` / ``--ipu-chip`` and, in option
+dicts such as sweep configs, the keys in :data:`DICT_ALIASES`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from experiments.checkpoint import CheckpointError
 from experiments.data import DataUnavailableError
+from experiments.inputs import InputError, ScriptParser, check_data, check_out_dir
 from experiments.optimizers import OPTIMIZERS, SCHEDULES, OptimizerConfig
 from experiments.parallel import initialize_distributed
 from experiments.train import NonFiniteLossError, ResumeError, TrainConfig, TrainingInterrupted, TrainResult
@@ -32,35 +42,61 @@ from ipu_sim.hardware import SYSTEMS, get_system
 _UNSET = object()
 _TRAIN, _OPT = TrainConfig(), OptimizerConfig()
 
-# dest -> (flags, argparse keywords, help); defaults come from TrainConfig / OptimizerConfig.
-_TRAIN_OPTIONS: dict[str, tuple[str, dict, str]] = {
-    "steps": ("--steps", {"type": int}, "optimiser steps"),
-    "batch_size": ("--batch-size", {"type": int}, "sequences per step (global, over all devices)"),
-    "seq_len": ("--seq-len", {"type": int}, "tokens per sequence"),
-    "log_every": ("--log-every", {"type": int}, "steps between train records in metrics.jsonl"),
-    "eval_every": ("--eval-every", {"type": int}, "steps between validation evaluations"),
-    "eval_batches": ("--eval-batches", {"type": int}, "validation batches per periodic evaluation"),
-    "final_eval_batches": ("--final-eval-batches", {"type": int},
-                           "batches per split in the final evaluation (default: the whole split)"),
-    "checkpoint_every": ("--checkpoint-every", {"type": int}, "steps between checkpoints"),
-    "keep_checkpoints": ("--keep-checkpoints", {"type": int}, "checkpoints kept on disk"),
-    "steps_per_call": ("--steps-per-call", {"type": int},
-                       "steps per call of the compiled step, run in one device loop (records, evaluations and "
-                       "checkpoints still fall on their steps; the result is the same)"),
-}
-_OPT_OPTIONS: dict[str, tuple[str, dict, str]] = {
-    "optimizer": ("--optimizer", {"choices": OPTIMIZERS}, "optimiser"),
-    "lr": ("--lr", {"type": float}, "peak learning rate"),
-    "b1": ("--b1", {"type": float}, "Adam/LAMB beta1"),
-    "b2": ("--b2", {"type": float}, "Adam/LAMB beta2"),
-    "eps": ("--eps", {"type": float}, "Adam/LAMB epsilon"),
-    "weight_decay": ("--weight-decay", {"type": float}, "weight decay (matrices and embeddings only)"),
-    "momentum": ("--momentum", {"type": float}, "SGD momentum"),
-    "warmup": ("--warmup", {"type": int}, "linear warm-up steps"),
-    "schedule": ("--schedule", {"choices": SCHEDULES}, "learning-rate decay after warm-up"),
-    "final_lr_fraction": ("--final-lr-fraction", {"type": float}, "final learning rate / peak"),
-    "grad_clip": ("--grad-clip", {"type": float}, "clip gradients to this global norm (0: off)"),
-}
+
+def _help_table(text: str) -> dict[str, str]:
+    """``name -> help`` from lines ``name   help text``; an indented line continues the help above."""
+    table: dict[str, str] = {}
+    for line in text.strip("\n").splitlines():
+        if line[:1].isspace():
+            last = next(reversed(table))
+            table[last] += " " + line.strip()
+        else:
+            name, help = line.split(None, 1)
+            table[name] = help
+    return table
+
+
+SMOKE_TEST = "--quick is a smoke test of the pipeline at a small size: its numbers are not results."
+# Option-dict keys of earlier versions (sweep specs, saved configs) -> today's option names.
+DICT_ALIASES = {"loss_scale": "scaling", "ipu_system": "system"}
+
+
+def quick_out(script: str) -> Path:
+    """The default output directory of ``script``'s ``--quick`` run: outside the repository, in the
+    system's temporary directory, so that a smoke test never writes into ``results/``."""
+    return Path(tempfile.gettempdir()) / f"{script}-quick"
+
+
+# The training and optimiser options: name and help. The flag is the name with dashes (so a flag and
+# its key in an options dict never differ), the default comes from TrainConfig / OptimizerConfig (the
+# field of :data:`_OPT_FIELDS` where the names differ) and the type is the default's (int if None).
+_TRAIN_OPTIONS = _help_table("""
+steps                 optimiser steps
+batch_size            sequences per step (global, over all devices)
+seq_len               tokens per sequence
+log_every             steps between train records in metrics.jsonl
+eval_every            steps between validation evaluations
+eval_batches          validation batches per periodic evaluation
+final_eval_batches    batches per split in the final evaluation (default: the whole split)
+checkpoint_every      steps between checkpoints
+keep_checkpoints      checkpoints kept on disk
+steps_per_call        steps per call of the compiled step, run in one device loop (records, evaluations and
+                      checkpoints still fall on their steps; the result is the same)
+""")
+_OPT_OPTIONS = _help_table("""
+optimizer             optimiser
+lr                    peak learning rate
+b1                    Adam/LAMB beta1
+b2                    Adam/LAMB beta2
+eps                   Adam/LAMB epsilon
+weight_decay          weight decay (matrices and embeddings only)
+momentum              SGD momentum
+warmup                linear warm-up steps
+schedule              learning-rate decay after warm-up
+final_lr_fraction     final learning rate / peak
+grad_clip             clip gradients to this global norm (0: off)
+""")
+_CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 _OPT_FIELDS = {"optimizer": "name", "warmup": "warmup_steps"}
 
 
@@ -69,8 +105,8 @@ class ExperimentCLI:
 
     def __init__(self, prog: str, description: str, *, defaults: Mapping[str, Any] | None = None,
                  quick: Mapping[str, Any] | None = None, epilog: str | None = None):
-        self.parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
-                                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.parser = ScriptParser(prog=prog, description=description, epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         self._defaults: dict[str, Any] = {}
         self._quick: dict[str, Any] = {}
         self._script_defaults, self._script_quick = dict(defaults or {}), dict(quick or {})
@@ -97,7 +133,8 @@ class ExperimentCLI:
 
     def _add_shared(self) -> None:
         run = self.parser.add_argument_group("run")
-        run.add_argument("--quick", action="store_true", help="a short run (about a minute on 2 CPU cores)")
+        run.add_argument("--quick", action="store_true", help="a smoke test: a short run of a small model (about a "
+                         "minute on 2 CPU cores) whose numbers are not results")
         self._shared(run, "out", "--out", {}, "output directory (metrics, checkpoints, result.json)",
                      _TRAIN.out_dir)
         run.add_argument("--fresh", action="store_true",
@@ -114,27 +151,33 @@ class ExperimentCLI:
         run.add_argument("--distributed", action="store_true",
                          help="call jax.distributed.initialize() first (multi-host runs)")
         run.add_argument("--no-ipu-estimate", action="store_true", help="skip the IPU estimate of the step")
-        self._shared(run, "ipu_system", ("--ipu-system", "--ipu-chip"),
+        self._shared(run, "system", ("--system", "--ipu-system", "--ipu-chip"),
                      {"type": _system_name, "choices": list(SYSTEMS), "metavar": "SYSTEM"},
                      f"IPU system of the step's estimate: {', '.join(SYSTEMS)} (a chip name means one IPU of "
                      f"it; the batch is split data-parallel over the system's IPUs)", _TRAIN.ipu_system)
         train = self.parser.add_argument_group("training")
-        for dest, (flag, kwargs, help) in _TRAIN_OPTIONS.items():
-            self._shared(train, dest, flag, kwargs, help, getattr(_TRAIN, dest))
+        for dest, help in _TRAIN_OPTIONS.items():
+            self._config_option(train, dest, help, getattr(_TRAIN, dest))
         opt = self.parser.add_argument_group("optimiser")
-        for dest, (flag, kwargs, help) in _OPT_OPTIONS.items():
-            self._shared(opt, dest, flag, kwargs, help, getattr(_OPT, _OPT_FIELDS.get(dest, dest)))
+        for dest, help in _OPT_OPTIONS.items():
+            self._config_option(opt, dest, help, getattr(_OPT, _OPT_FIELDS.get(dest, dest)))
+
+    def _config_option(self, group, dest: str, help: str, default: Any) -> None:
+        """Option ``--dest`` of a TrainConfig / OptimizerConfig field whose default is ``default``."""
+        kind = int if default is None else type(default)
+        kwargs = {"choices": _CHOICES[dest]} if dest in _CHOICES else {"type": kind}
+        self._shared(group, dest, "--" + dest.replace("_", "-"), kwargs, help, default)
 
     def add_model_options(self, *, precision: str = "fp32", precisions: Sequence[str] | None = None,
-                          loss_scale: str = "none", loss_scales: Sequence[str] | None = None,
+                          scaling: str = "none", scalings: Sequence[str] | None = None,
                           unit_scaled: bool = True) -> None:
-        """``--precision``, ``--scaling`` (alias ``--loss-scale``, dest ``loss_scale``) and ``--standard`` /
-        ``--unit-scaled``, shared by model scripts."""
+        """``--precision``, ``--scaling`` (alias ``--loss-scale``) and ``--standard`` / ``--unit-scaled``,
+        shared by model scripts."""
         group = self.parser.add_argument_group("model numerics")
         self.add("--precision", default=precision, group=group, choices=precisions,
                  help="number formats of the model's matmul inputs and gradients")
-        self.add("--scaling", "--loss-scale", dest="loss_scale", default=loss_scale, group=group,
-                 choices=loss_scales, help="scaling recipe: loss scaling (static, dynamic) or FP8 tensor scaling "
+        self.add("--scaling", "--loss-scale", dest="scaling", default=scaling, group=group,
+                 choices=scalings, help="scaling recipe: loss scaling (static, dynamic) or FP8 tensor scaling "
                                            "(delayed, current, mx)")
         scaled = group.add_mutually_exclusive_group()
         scaled.add_argument("--unit-scaled", dest="unit_scaled", action="store_true", default=None,
@@ -160,8 +203,9 @@ class ExperimentCLI:
 
     def parse_dict(self, values: Mapping[str, Any]) -> argparse.Namespace:
         """Options from a dict keyed by option name (``{"lr": 1e-3, "quick": True}``), e.g. a sweep config;
-        ``quick`` picks the quick values for the keys not given."""
-        values = dict(values)
+        ``quick`` picks the quick values for the keys not given; the keys of :data:`DICT_ALIASES` name
+        their options."""
+        values = {DICT_ALIASES.get(k, k): v for k, v in values.items()}
         args = self.parse(["--quick"] if values.pop("quick", False) else [])
         unknown = sorted(k for k in values if not hasattr(args, k))
         if unknown:
@@ -171,15 +215,18 @@ class ExperimentCLI:
         return args
 
     def train_config(self, args: argparse.Namespace) -> TrainConfig:
-        """The :class:`TrainConfig` of parsed ``args``; bad values raise ValueError naming the option."""
+        """The :class:`TrainConfig` of parsed ``args``; InputError naming the option for a bad value, an
+        ``--out`` that is a file or a ``--data`` that does not exist."""
+        check_out_dir(args.out, "--out")
+        check_data(args.data, "--data")
         try:
             optimizer = OptimizerConfig(**{_OPT_FIELDS.get(d, d): getattr(args, d) for d in _OPT_OPTIONS})
             return TrainConfig(**{d: getattr(args, d) for d in _TRAIN_OPTIONS}, optimizer=optimizer,
                                seed=args.seed, out_dir=str(args.out), resume=not args.fresh,
                                progress=not args.no_progress, data_parallel=args.devices,
-                               ipu_estimate=not args.no_ipu_estimate, ipu_system=args.ipu_system)
+                               ipu_estimate=not args.no_ipu_estimate, ipu_system=args.system)
         except ValueError as err:
-            self.parser.error(str(err))  # prints the usage and exits with status 2
+            raise InputError(str(err)) from None
 
 
 def _system_name(name: str) -> str:
@@ -225,8 +272,12 @@ def run_train(cli: ExperimentCLI, argv: Sequence[str] | None, *,
         args, config = resolve(cli, cli.parse(argv))
     except ValueError as err:
         cli.parser.error(str(err))
+    if args.quick:
+        print(SMOKE_TEST, flush=True)
     result = fit(args, config)
     print(summary(result))
+    if args.quick:
+        print(f"{SMOKE_TEST} Output in {config.out_dir}.")
     return result
 
 
@@ -237,7 +288,7 @@ EXIT_DIVERGED, EXIT_UNUSABLE = 3, 2
 def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; expected stops print one message to stderr and give an exit code:
     0 done, 130/143 interrupted (checkpoint saved), 3 diverged (last good checkpoint kept),
-    2 data or checkpoint unusable (argparse also exits with 2 on a bad option)."""
+    2 data, checkpoint or another input unusable (argparse also exits with 2 on a bad option)."""
     try:
         main(argv)
     except TrainingInterrupted as stop:
@@ -246,25 +297,7 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
     except NonFiniteLossError as err:
         print(f"\ndiverged: {err}", file=sys.stderr)
         return EXIT_DIVERGED
-    except (DataUnavailableError, CheckpointError, ResumeError) as err:
+    except (DataUnavailableError, CheckpointError, ResumeError, InputError) as err:
         print(f"\nerror: {err}", file=sys.stderr)
         return EXIT_UNUSABLE
     return 0
-
-
-def sweep_script_main(argv: Sequence[str] | None, *, prog: str, train_main: Callable[[Sequence[str] | None], Any],
-                      sweep_parser: Callable[[str], argparse.ArgumentParser],
-                      sweep_main: Callable[..., int]) -> int:
-    """The command line of a sweep script: ``train ...`` runs one run through :func:`run_main`,
-    ``summarise ...`` collects finished runs without training, anything else runs the sweep."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:
-        return run_main(train_main, argv[1:])
-    summarise_only = argv[:1] == ["summarise"]
-    args = sweep_parser(f"{prog} summarise" if summarise_only else prog).parse_args(
-        argv[1:] if summarise_only else argv)
-    try:
-        return sweep_main(args, run_stages=not summarise_only)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2

@@ -1,8 +1,8 @@
 """The IPU table: what out-of-the-box FP8 training buys over FP16 on Graphcore IPUs, per ipu_sim.
 
-    python -m experiments.ipu                                # the full table (minutes on 2 CPU cores)
-    python -m experiments.ipu --quick                        # BERT-Base on a Bow POD16 only (seconds)
-    python -m experiments.ipu --models bert-base,gpt2-small --systems c600-x8 --out /tmp/ipu
+    python -m experiments.ipu --out results/ipu              # the full table (about 6 minutes on 2 busy cores)
+    python -m experiments.ipu --quick                        # a smoke test: BERT-Base on a Bow POD16 (seconds)
+    python -m experiments.ipu --model bert-base,gpt2-small --system c600-x8 --out /tmp/ipu
 
 For BERT-Base/Large (seq 128, pre-training phase 1) and GPT-2 small/medium/large (seq 1024), on a
 Bow POD16 and on eight C600 cards, one weight update of training is estimated with
@@ -13,25 +13,27 @@ FP16 step's ops with narrower matmul operands -- no loss scaling, no amax histor
 scale updates. The model prices it that way (casts fused, no bookkeeping ops); a delayed-scaling
 recipe would cost more than the FP8 rows show.
 
-Configurations: the published pipeline / replica recipes of docs/reference/ipu_hardware.md
-("Published training configurations") where they exist; elsewhere the automatic balancer
+Configurations: the published recipes of docs/reference/ipu_hardware.md ("Published training
+configurations", :data:`ipu_sim.published.PUBLISHED`: the PyTorch recipe at the table's sequence
+length) where they exist, exactly as published -- layers per IPU, micro-batch, replicas, gradient
+accumulation and each IPU's availableMemoryProportion; elsewhere the automatic balancer
 (``pipeline=N``) over the fewest IPUs per replica (1, 2, 4, 8) at which FP16 fits (the output head
 on IPU 0 as published, else on the last IPU: without streaming memory the embeddings, the tied head
 and their optimizer state do not fit on one IPU), then the largest micro-batch that fits, replicas
 filling the system and the global batch of the published recipe of the same family. Everything a
-row assumes is in its ``assumed`` field. For each row the largest availableMemoryProportion candidate at
-which every IPU fits is used (as one tunes it); a row that fits nowhere says by how much.
+row assumes is in its ``assumed`` field. For each balanced row the largest availableMemoryProportion
+candidate at which every IPU fits is used (as one tunes it); a row that fits nowhere says by how much.
 
 Writes to --out: ``ipu_table.json`` (rows, FP8-vs-FP16 comparisons with a verdict computed from the
 numbers, assumptions, run metadata), ``ipu_table.csv``, ``ipu_table.png`` (throughput and per-IPU
-peak tile memory) and ``README.md`` (the command and the table).
+peak tile memory) and ``README.md`` (the command and the table). ``--quick`` is a smoke test: one row,
+written to a temporary directory unless ``--out`` is given. The committed table (results/ipu) is
+checked against this code by tests/experiments/test_committed_results.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import shlex
 import sys
@@ -41,9 +43,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from experiments.cli import fill_quick_defaults, quick_help
-from experiments.results import run_metadata, write_json, write_text
+from experiments.cli import SMOKE_TEST, fill_quick_defaults, quick_help, quick_out
+from experiments.inputs import ScriptParser, check_out_dir
+from experiments.results import run_metadata, write_csv, write_json, write_text
 from ipu_sim.hardware import C600, MK2_LINKS, SYSTEMS, System
+from ipu_sim.published import PublishedConfig, get_published
 from ipu_sim.system import SystemEstimate, estimate_system
 from ipu_sim.trace import trace
 from ipu_sim.workloads import PRESETS, build
@@ -60,9 +64,8 @@ C600_X8 = System("c600-x8", C600, ipus=8, ipus_per_machine=1, link_domain_ipus=8
                  description="8 C600 cards in one server, IPU-Link cable ring (assumed)")
 SYSTEM_CHOICES: Mapping[str, System] = {"bow-pod16": SYSTEMS["bow-pod16"], "c600-x8": C600_X8}
 
-DEFAULT_AMP = (0.6, 0.45, 0.3, 0.2, 0.15)  # availableMemoryProportion candidates, Poplar's 0.6 first
 BALANCER_DEPTHS = (1, 2, 4, 8)  # IPUs per replica tried, fewest first
-BALANCER_AMP = (0.6, 0.3, 0.15)  # fewer candidates where the balancer also searches the split
+BALANCER_AMP = (0.6, 0.3, 0.15)  # availableMemoryProportion candidates, Poplar's 0.6 first
 # A throughput or memory ratio within 1% of 1 is "no change": the model's own noise-free arithmetic
 # moves by less than this when only a rounding of the plan changes.
 SAME = 0.01
@@ -72,7 +75,8 @@ SAME = 0.01
 class Setup:
     """How one model is trained on one system (before the precision is chosen).
 
-    ``pipeline`` is layers per IPU (published) or an IPU count for the automatic balancer.
+    ``pipeline`` is layers per IPU (published) or an IPU count for the automatic balancer; ``amp`` the
+    availableMemoryProportion candidates, each one value for every IPU or one value per IPU.
     """
 
     model: str
@@ -84,7 +88,7 @@ class Setup:
     grad_accum: int
     recompute: bool
     offload_optimizer: bool
-    amp: tuple[float, ...]
+    amp: tuple[float | tuple[float, ...], ...]
     source: str  # "published" or "balancer"
     assumed: str
     head_ipu: int = 0  # IPU of the (tied) output head; embeddings stay on IPU 0
@@ -94,20 +98,27 @@ class Setup:
         return self.pipeline if isinstance(self.pipeline, int) else len(self.pipeline)
 
 
-# Rows of "Published training configurations" (docs/reference/ipu_hardware.md). They are GC200 POD16
-# recipes; a Bow POD16 has the same machines and links, so they carry over unchanged.
-PUBLISHED: Mapping[str, Setup] = {
-    "bert-base": Setup("bert-base", "bow-pod16", 128, 32, (0, 4, 4, 4), 4, 512, True, True, (0.25,),
-                       "published", "recompute and optimizer off-chip as BERT-Large"),
-    "bert-large": Setup("bert-large", "bow-pod16", 128, 8, (3, 7, 7, 7), 4, 2048, True, True,
-                        (0.25, 0.2, 0.15), "published", "AMP searched in the row's 0.15-0.25"),
-    "gpt2-medium": Setup("gpt2-medium", "bow-pod16", 1024, 1, (0, 3, 3, 3, 3, 4, 4, 4), 2, 4096, True,
-                         True, DEFAULT_AMP, "published",
-                         "micro-batch 1, recompute, optimizer off-chip, AMP searched"),
-    "gpt2-large": Setup("gpt2-large", "bow-pod16", 1024, 1, 16, 1, 8192, True, True, DEFAULT_AMP,
-                        "published", "16 IPUs per the row, layers balanced automatically (no split "
-                        "published), micro-batch 1, recompute, optimizer off-chip, AMP searched"),
-}
+# The published recipe of each model at the table's sequence length (ipu_sim.published: PyTorch, POD16).
+# They are GC200 POD16 recipes; a Bow POD16 has the same machines, links and tile memory, so they carry
+# over unchanged (a Bow-2000 runs IPU-M2000 programs as they are).
+PUBLISHED_RECIPES = {"bert-base": "pytorch-bert-base-128-pod16", "bert-large": "pytorch-bert-large-128-pod16",
+                     "gpt2-medium": "pytorch-gpt2-medium-pod16", "gpt2-large": "pytorch-gpt2-large-1024-pod16"}
+PUBLISHED_SYSTEM = "bow-pod16"
+
+
+def published_setup(config: PublishedConfig, system: str = PUBLISHED_SYSTEM) -> Setup:
+    """``config`` on ``system`` exactly as published: its one availableMemoryProportion candidate is the
+    recipe's per-IPU list."""
+    amp = config.available_memory_proportion
+    return Setup(config.model, system, config.seq, config.micro_batch, tuple(config.layers_per_ipu),
+                 config.replicas, config.grad_accum, config.recompute, config.offload_optimizer, (tuple(amp),),
+                 "published", f"{config.source} as published (availableMemoryProportion {list(amp)} per IPU"
+                 f"{', recompute' if config.recompute else ''}"
+                 f"{', optimizer off-chip' if config.offload_optimizer else ''})")
+
+
+PUBLISHED: Mapping[str, Setup] = {model: published_setup(get_published(key))
+                                  for model, key in PUBLISHED_RECIPES.items()}
 # Family recipe for models without a published one: (micro-batch, samples per weight update).
 FAMILY_BATCH = {"bert": (32, 32 * 512 * 4), "gpt": (1, 4096 * 2)}
 
@@ -299,13 +310,10 @@ CSV_COLUMNS = ("model", "system", "chip", "precision", "config_source", "layers_
                "sram_kib", "max_ipu_total_mb")
 
 
-def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({**r, "layers_per_ipu": " ".join(map(str, r["layers_per_ipu"]))})
-    return buffer.getvalue()
+def csv_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The :data:`CSV_COLUMNS` of each row, lists (layers or availableMemoryProportion per IPU) space-separated."""
+    cell = lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return [{k: cell(r[k]) for k in CSV_COLUMNS} for r in rows]
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Mapping[str, Any]]) -> str:
@@ -373,20 +381,47 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def readme(command: str, table: str, quick: bool) -> str:
-    return (f"# IPU table{' (quick)' if quick else ''}\n\n"
+NOTES_HEADING = "## Changes"  # a README section written by hand, which regenerating the table keeps
+
+
+def readme(command: str, table: str, quick: bool, notes: str = "") -> str:
+    """The README of a table made by ``command``, with the hand-written ``notes`` section (if any) last."""
+    smoke = f"{SMOKE_TEST}\n\n" if quick else ""
+    return (f"# IPU table{' (quick)' if quick else ''}\n\n{smoke}"
             "FP16 vs FP8 training throughput and per-IPU memory on IPU systems, estimated with "
             "`ipu_sim` (a performance model, not measurements). See `python -m experiments.ipu --help` "
             "for what is assumed; each row's assumptions are in `ipu_table.json`.\n\n"
-            f"Made by:\n\n    {command}\n\n{table}\n")
+            f"Made by:\n\n    {command}\n\n{table}\n" + (f"\n{notes.strip()}\n" if notes.strip() else ""))
+
+
+def readme_notes(path: Path) -> str:
+    """The hand-written section of the README at ``path`` (from :data:`NOTES_HEADING` on), or ``""``."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    at = text.find(f"\n{NOTES_HEADING}")
+    return text[at:] if at >= 0 else ""
+
+
+def setup_of_row(r: Mapping[str, Any]) -> Setup:
+    """The configuration a table row records: a published row's layers per IPU, a balanced row's IPU count
+    (the balancer splits the layers again), and the availableMemoryProportion the row used."""
+    amp = tuple(r["available_memory_proportion"]) if isinstance(r["available_memory_proportion"], list) \
+        else r["available_memory_proportion"]
+    pipeline = tuple(r["layers_per_ipu"]) if r["config_source"] == "published" else r["ipus_per_replica"]
+    return Setup(r["model"], r["system"], r["seq"], r["micro_batch"], pipeline, r["replicas"], r["grad_accum"],
+                 r["recompute"], r["offload_optimizer"], (amp,), r["config_source"], r["assumed"], r["head_ipu"])
+
+
+def rerun_row(r: Mapping[str, Any], traced: Traced) -> dict[str, Any]:
+    """The row today's ``ipu_sim`` gives for the configuration of row ``r`` (see :func:`setup_of_row`)."""
+    return row(estimate(setup_of_row(r), r["precision"], traced))
 
 
 # ---------------------------------------------------------------------------------------------------
 # Command line.
 
 DEFAULTS: Mapping[str, tuple[Any, Any]] = {
-    "models": (",".join(MODELS), "bert-base"), "systems": ("bow-pod16,c600-x8", "bow-pod16"),
-    "out": ("results/ipu", None),
+    "model": (",".join(MODELS), "bert-base"), "system": ("bow-pod16,c600-x8", "bow-pod16"),
+    "out": ("results/ipu", str(quick_out("ipu"))),
 }
 
 
@@ -395,23 +430,31 @@ def _help(text: str, dest: str) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m experiments.ipu``."""
     doc = __doc__.split("\n\n", 1)
-    p = argparse.ArgumentParser(prog="python -m experiments.ipu", description=doc[0], epilog=doc[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="one small model on one system (seconds)")
-    p.add_argument("--models", help=_help(f"comma-separated models of {', '.join(MODELS)}", "models"))
-    p.add_argument("--systems", help=_help(f"comma-separated systems of {', '.join(SYSTEM_CHOICES)}",
-                                           "systems"))
+    p = ScriptParser(prog="python -m experiments.ipu", description=doc[0], epilog=doc[1],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a smoke test: one small model on one system (seconds)")
+    p.add_argument("--model", "--models", dest="model",
+                   help=_help(f"comma-separated models of {', '.join(MODELS)}", "model"))
+    p.add_argument("--system", "--systems", dest="system",
+                   help=_help(f"comma-separated systems of {', '.join(SYSTEM_CHOICES)}", "system"))
     p.add_argument("--out", help=_help("output directory", "out"))
     return p
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``: the lists of models and systems, checked; unset options from the defaults or
+    ``--quick`` values; usage error (exit 2) for an unknown name or an ``--out`` that is a file."""
     parser = make_parser()
     args = parser.parse_args(argv)
     fill_quick_defaults(args, DEFAULTS)
-    args.models = _names(parser, "--models", args.models, MODELS)
-    args.systems = _names(parser, "--systems", args.systems, tuple(SYSTEM_CHOICES))
+    args.model = _names(parser, "--model", args.model, MODELS)
+    args.system = _names(parser, "--system", args.system, tuple(SYSTEM_CHOICES))
+    try:
+        check_out_dir(args.out, "--out")
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -424,27 +467,32 @@ def _names(parser: argparse.ArgumentParser, flag: str, text: str, valid: Sequenc
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Estimate every model on every system, write the files of the module docstring, print the table."""
     args = parse(argv)
+    if args.quick:
+        print(SMOKE_TEST, flush=True)
     command = "python -m experiments.ipu " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     start, traced, runs = time.perf_counter(), Traced(), []
-    for name in args.systems:
-        for model in args.models:
+    for name in args.system:
+        for model in args.model:
             runs.append(runs_for(model, SYSTEM_CHOICES[name], traced, print))
     rows = [row(r) for pair in runs for r in pair]
     comparisons = [compare(row(a), row(b)) for a, b in runs]
     table = markdown_table(rows, comparisons)
-    result = {"quick": args.quick, "command": command, "models": args.models, "systems": args.systems,
+    result = {"quick": args.quick, "command": command, "models": args.model, "systems": args.system,
               "precisions": list(PRECISIONS), "rows": rows, "comparisons": comparisons,
               "c600_x8_assumption": C600_X8.description, "seconds": time.perf_counter() - start,
               "run": run_metadata()}
     out = Path(args.out)
     write_json(out / "ipu_table.json", result)
-    write_text(out / "ipu_table.csv", to_csv(rows))
+    write_csv(out / "ipu_table.csv", csv_rows(rows), CSV_COLUMNS)
     plot(rows, out / "ipu_table.png")
-    write_text(out / "README.md", readme(command, table, args.quick))
+    write_text(out / "README.md", readme(command, table, args.quick, readme_notes(out / "README.md")))
     print(table)
     print(f"wrote {out / 'ipu_table.json'}, {out / 'ipu_table.csv'}, {out / 'ipu_table.png'}, "
           f"{out / 'README.md'}")
+    if args.quick:
+        print(SMOKE_TEST)
     return result
 
 

@@ -1,4 +1,4 @@
-"""Durable result files: atomic JSON, append-only JSONL metrics, and the environment of a run.
+"""Durable result files: atomic JSON and CSV, append-only JSONL metrics, and the environment of a run.
 
 A result file is either the old version or the new one, never a mix: :func:`write_json` writes a
 temporary file in the same directory, fsyncs it and renames it over the target (``os.replace`` is
@@ -18,9 +18,11 @@ recorded, and Python's ``json`` reads ``NaN``/``Infinity`` back (strict JSON par
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,19 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
     previous file in place too.
     """
     return write_text(path, dumps(obj, indent=indent) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+              columns: Sequence[str] | None = None) -> Path:
+    """Write ``rows`` as CSV to ``path`` atomically: ``columns`` (default: every key, in first-seen order),
+    lists and dicts as one-line JSON, a missing value as an empty field."""
+    columns = list(dict.fromkeys(k for row in rows for k in row)) if columns is None else list(columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+    return write_text(path, buffer.getvalue())
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -1,8 +1,8 @@
 """Where every tensor of a GPT or BERT sits against the FP16 / FP8 ranges at initialisation, standard
 vs unit-scaled (the unit scaling paper's per-op scale figure).
 
-    python -m experiments.scales --quick                                  # tiny models, seconds
-    python -m experiments.scales --model gpt --preset small --out results/scales/gpt-small
+    python -m experiments.scales --quick                                  # a smoke test: tiny models, seconds
+    python -m experiments.scales --model gpt --size small --out results/scales
     python -m experiments.scales --model bert --precision fp16 --tensor layers.1/mlp/mlp/ffn_down/dot_general
 
 Both models get the same batch and seed. Every op output and weight of one forward and backward
@@ -11,7 +11,9 @@ per tensor in program order, its scale and its gradient's scale on a log2 axis, 
 min subnormal / min normal / max as vertical lines; standard and unit-scaled side by side),
 ``histogram.png`` (log2 |x| of one tensor in both models, with each format's underflow / subnormal /
 normal / overflow shares), ``standard.csv|json``, ``unit_scaled.csv|json`` (every record) and
-``summary.json``; prints one summary line per model.
+``summary.json`` (its ``options`` name the size ``preset``, as every summary has); prints one summary
+line per model. ``--quick`` is a smoke test whose files go to a temporary directory unless ``--out``
+is given.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import numpy as np
 from flax import nnx
 
 from experiments import data
-from experiments.cli import fill_quick_defaults, quick_help, run_main
-from experiments.gpt import PRECISIONS, SIZES
+from experiments.char_gpt import SIZES, sizes_help
+from experiments.cli import SMOKE_TEST, fill_quick_defaults, quick_help, quick_out, run_main
+from experiments.inputs import InputError, ScriptParser, check_data, check_out_dir, check_split_length
 from experiments.results import run_metadata, write_json
+from experiments.variants import PRECISIONS
 from unitscale.analysis import STAT_NAMES, ScaleRecord, ScaleReport, plot_histogram, plot_scales, track_model_scales
 from unitscale.formats import FPFormat, format_from_name
 from unitscale.models.bert import BERT, BERTConfig, mlm_loss
@@ -39,11 +43,11 @@ PANELS = {"standard": False, "unit-scaled": True}
 RANDOM_DATA = "random"
 # option dest -> (default, --quick value or None)
 DEFAULTS: Mapping[str, tuple[Any, Any]] = {
-    "model": ("gpt", None), "preset": ("small", "tiny"), "batch_size": (8, 4), "seq_len": (128, 32),
+    "model": ("gpt", None), "size": ("small", "tiny"), "batch_size": (8, 4), "seq_len": (128, 32),
     "data": ("shakespeare", None), "precision": ("fp32", None), "seed": (0, None),
     "formats": ("fp16,e4m3,e5m2", None), "stat": ("rms", None),
     "tensor": ("layers.0/mlp/mlp/ffn_up/dot_general", None), "phase": ("backward", None),
-    "out": ("results/scales", None),
+    "out": ("results/scales", str(quick_out("scales"))),
 }  # fmt: skip
 
 
@@ -53,13 +57,13 @@ def _help(text: str, dest: str) -> str:
 
 def make_parser() -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n", 1)
-    p = argparse.ArgumentParser(prog="python -m experiments.scales", description=doc[0],
-                                epilog=doc[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny models and a small batch (seconds on 2 CPU cores)")
+    p = ScriptParser(prog="python -m experiments.scales", description=doc[0],
+                     epilog=doc[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a smoke test: tiny models and a small batch (seconds on "
+                   "2 CPU cores)")
     p.add_argument("--model", choices=MODELS, help=_help("model family", "model"))
-    p.add_argument("--preset", choices=sorted(SIZES), help=_help(
-        "model size: " + "; ".join(f"{k}: d_model {v['d_model']}, depth {v['depth']}" for k, v in SIZES.items()),
-        "preset"))
+    p.add_argument("--size", "--preset", dest="size", choices=sorted(SIZES),
+                   help=_help(f"model size: {sizes_help()}", "size"))
     p.add_argument("--batch-size", type=int, help=_help("sequences in the batch", "batch_size"))
     p.add_argument("--seq-len", type=int, help=_help("tokens per sequence", "seq_len"))
     p.add_argument("--data", help=_help("corpus: shakespeare, gcide, a WikiText directory, a text file, "
@@ -87,8 +91,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--batch-size must be >= 1 and --seq-len >= 8, got {args.batch_size} and {args.seq_len}")
     try:
         args.formats = tuple(format_from_name(n) for n in args.formats.split(",") if n.strip())
+        check_data(args.data, "--data", also=(RANDOM_DATA,))
+        check_out_dir(args.out, "--out")
     except ValueError as err:
-        parser.error(f"--formats: {err}")
+        parser.error(str(err) if isinstance(err, InputError) else f"--formats: {err}")
     return args
 
 
@@ -101,13 +107,16 @@ def load_tokens(args: argparse.Namespace) -> tuple[np.ndarray, data.Vocab, str]:
         return rng.integers(0, 256, n, dtype=np.int32), data.ByteVocab(specials), "uniform random bytes"
     splits = data.load_corpus(args.data, cache_dir=args.cache_dir)
     vocab = data.build_char_vocab(splits.train, specials)
-    return vocab.encode(splits.train), vocab, splits.source
+    tokens = vocab.encode(splits.train)
+    # The batch is training batch 0 of experiments.data: windows of seq_len (+ 1) from slots seq_len apart.
+    check_split_length(len(tokens), 2 * args.seq_len, split="training", seq_len=args.seq_len, source=splits.source)
+    return tokens, vocab, splits.source
 
 
 def build(args: argparse.Namespace, unit_scaled: bool, tokens: np.ndarray, vocab: data.Vocab):
     """``(model, loss_fn, batch)`` of the options for one parametrisation."""
     common = dict(vocab_size=vocab.size, max_len=args.seq_len, unit_scaled=unit_scaled,
-                  precision=args.precision, **SIZES[args.preset])
+                  precision=args.precision, **SIZES[args.size])
     shape = dict(batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed)
     rngs = nnx.Rngs(params=args.seed, dropout=args.seed + 1)
     if args.model == "bert":
@@ -175,7 +184,7 @@ def write_outputs(args: argparse.Namespace, reports: Mapping[str, ScaleReport], 
         report.to_csv(out / f"{stem}.csv")
         report.to_json(out / f"{stem}.json")
         written += [out / f"{stem}.csv", out / f"{stem}.json"]
-    what = (f"{args.model.upper()} {args.preset} at initialisation, {args.precision}, "
+    what = (f"{args.model.upper()} {args.size} at initialisation, {args.precision}, "
             f"batch {args.batch_size}x{args.seq_len}")
     plot_scales(reports, stat=args.stat, formats=args.formats, path=out / "scales.png", title=what)
     chosen = {name: find_record(rep, args.tensor, args.phase) for name, rep in reports.items()}
@@ -184,21 +193,38 @@ def write_outputs(args: argparse.Namespace, reports: Mapping[str, ScaleReport], 
     return written + [out / "scales.png", out / "histogram.png", out / "summary.json"]
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse(argv)
+def summary_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options as ``summary.json`` records them: the size under ``preset``, the name it has had in
+    every summary (``paper/`` reads it), the formats by name."""
+    options = {("preset" if k == "size" else k): v for k, v in vars(args).items() if k != "formats"}
+    return {**options, "formats": [f.name for f in args.formats]}
+
+
+def measure(args: argparse.Namespace) -> tuple[dict[str, ScaleReport], dict[str, Any]]:
+    """Both models' scale reports, and the summary ``summary.json`` holds (options, data, per-model numbers)."""
     tokens, vocab, source = load_tokens(args)
     reports = {}
     for name, unit_scaled in PANELS.items():
         model, loss_fn, batch = build(args, unit_scaled, tokens, vocab)
         reports[name] = track_model_scales(model, batch, loss_fn, formats=args.formats)
-    options = {k: v for k, v in vars(args).items() if k != "formats"}
-    summary = {"options": {**options, "formats": [f.name for f in args.formats]}, "data": source,
+    summary = {"options": summary_options(args), "data": source,
                "models": {name: summarise(rep, args.formats) for name, rep in reports.items()},
                "run": run_metadata()}
+    return reports, summary
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Track both models' scales, write the files of the module docstring and print one line per model."""
+    args = parse(argv)
+    if args.quick:
+        print(SMOKE_TEST, flush=True)
+    reports, summary = measure(args)
     written = write_outputs(args, reports, summary)
     for name, s in summary["models"].items():
         print(summary_line(name, s))
     print("wrote " + ", ".join(str(p) for p in written))
+    if args.quick:
+        print(SMOKE_TEST)
     return summary
 
 

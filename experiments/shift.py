@@ -3,13 +3,14 @@
     python -m experiments.shift --quick                                   # a smoke test of the pipeline
     python -m experiments.shift --out results/shift --runs /tmp/shift-runs --workers 2
     python -m experiments.shift summarise --out results/shift --runs /tmp/shift-runs
+    python -m experiments.shift train --variant fp16-standard --backward-shift 12 --out /tmp/one
 
 At small budgets the gradients of an FP16 backward pass are still large enough that FP16 without
 loss scaling loses little; the unit scaling paper's failure shows in larger and longer runs, whose
 gradients are smaller. Multiplying the backward pass by ``2^-k`` (and the parameter gradients by
 ``2^k`` again in float32, :func:`experiments.train_step.backward_shift`) stands in for them: each
 variant (FP32; FP16 standard without loss scaling, with static and with dynamic loss scaling;
-FP16 unit-scaled; FP8 standard and unit-scaled, as :data:`experiments.charlm.VARIANTS` defines them)
+FP16 unit-scaled; FP8 standard and unit-scaled, as :data:`experiments.variants.VARIANTS` defines them)
 trains the char-LM grid's model at each shift ``k`` and seed of the profile
 (``experiments/sweeps/shift.toml``). A float32 backward pass is unchanged by a power-of-two shift but
 for values below float32's normal range, which XLA:CPU flushes (a difference in the 7th digit of the
@@ -26,8 +27,9 @@ share (size-weighted). Per variant and shift: the mean over seeds with a t-inter
 the two intervals overlap.
 
 Outputs in ``--out``: ``runs.csv`` (one row per run), ``summary.json`` (cells, verdicts, the FP32
-check) and ``shift.png`` (test bpc and flushed fraction against k). ``--quick`` writes to a temporary
-directory unless ``--out`` is given, never to ``results/``.
+check) and ``shift.png`` (test bpc and flushed fraction against k). One run (``train``) is a char-LM run
+(:mod:`experiments.charlm_run`) with ``--backward-shift``. ``--quick`` is a smoke test: it writes to a
+temporary directory unless ``--out`` is given, never to ``results/``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import argparse
 import dataclasses
 import math
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,17 +45,21 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from experiments import charlm, data
-from experiments.gpt import load_char_corpus
-from experiments.results import read_jsonl, write_json
-from experiments.train import TrainResult
+from experiments import charlm_run, data
+from experiments.char_gpt import load_char_corpus
+from experiments.figures import figure
+from experiments.intervals import seed_mean_ci
+from experiments.outcome import run_outcome
+from experiments.results import read_jsonl, write_csv, write_json
+from experiments.stages import RunRecord, clear_stage, collect, load_spec_table, run_stage
+from experiments.sweep_cli import SweepPaths, SweepScript, sweep_script_main
+from experiments.train import METRICS_FILE, TrainResult
+from experiments.variants import VARIANTS, check_variants
 from unitscale.analysis import track_model_scales
 from unitscale.models.gpt import GPT
 from unitscale.scale import scale_bwd
 
 SPEC_PATH = Path(__file__).parent / "sweeps" / "shift.toml"
-QUICK_OUT = Path(tempfile.gettempdir()) / "shift-quick"
-DEFAULT_OUT = Path("results/shift")
 REFERENCES = {"standard": "fp32-standard", "unit": "fp32-unit"}
 
 
@@ -72,14 +77,12 @@ class Profile:
 
 def load_profile(path: str | Path = SPEC_PATH, name: str = "full") -> Profile:
     """Profile ``name`` of the spec at ``path``; ValueError naming what is wrong."""
-    table = charlm.load_spec_table(path, name)
+    table = load_spec_table(path, name)
     missing = [k for k in ("train", "variants", "shifts", "fp32_shifts", "seeds") if k not in table]
     if missing:
         raise ValueError(f"spec: profile {name!r} lacks {missing}")
-    unknown = sorted(set(table["variants"]) - set(charlm.VARIANTS))
-    if unknown:
-        raise ValueError(f"spec: profile {name!r} names unknown variants {unknown}")
-    needed = {REFERENCES[charlm.VARIANTS[v].parametrisation] for v in table["variants"]} - set(table["variants"])
+    check_variants(table["variants"], f"spec: profile {name!r}")
+    needed = {REFERENCES[VARIANTS[v].parametrisation] for v in table["variants"]} - set(table["variants"])
     if needed:
         raise ValueError(f"spec: profile {name!r} needs the FP32 reference variants {sorted(needed)}")
     for key in ("shifts", "fp32_shifts", "seeds"):
@@ -94,7 +97,7 @@ def configs(profile: Profile) -> list[dict]:
     out = []
     for variant in profile.variants:
         shifts = profile.fp32_shifts if variant.startswith("fp32") else profile.shifts
-        lr = charlm.LEARNING_RATES[charlm.VARIANTS[variant].unit_scaled]
+        lr = charlm_run.LEARNING_RATES[VARIANTS[variant].unit_scaled]
         out += [{**profile.train, "variant": variant, "backward_shift": k, "seed": seed, "lr": lr}
                 for k in shifts for seed in profile.seeds]
     return out
@@ -107,7 +110,7 @@ def configs(profile: Profile) -> list[dict]:
 def _gradient_zeros(model: GPT, batch: Any, factor: float) -> dict[tuple, tuple[int, float]]:
     """Per activation gradient of one backward pass run at ``factor`` (the loss's gradient), keyed by
     ``(path, op, shape, occurrence)``: its size and fraction of exact zeros."""
-    loss = lambda m, b: scale_bwd(charlm.charlm_loss(m, b)[0], factor)  # noqa: E731
+    loss = lambda m, b: scale_bwd(charlm_run.charlm_loss(m, b)[0], factor)  # noqa: E731
     seen: dict[tuple, int] = {}
     out = {}
     for r in track_model_scales(model, batch, loss, formats=()):
@@ -120,7 +123,7 @@ def _gradient_zeros(model: GPT, batch: Any, factor: float) -> dict[tuple, tuple[
 
 def _final_loss_scale(out_dir: Path) -> float:
     """The loss scale of the run's last train record (1 when its recipe has none)."""
-    train = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r.get("kind") == "train"]
+    train = [r for r in read_jsonl(out_dir / METRICS_FILE) if r.get("kind") == "train"]
     return float(train[-1].get("loss_scale", 1.0)) if train else 1.0
 
 
@@ -129,7 +132,7 @@ def flushed_fraction(result: TrainResult, args: argparse.Namespace, config) -> d
     corpus = load_char_corpus(args.data, args.cache_dir)
     batch = next(data.lm_eval_batches(corpus.validation, batch_size=config.batch_size, seq_len=config.seq_len))
     factor = 2.0**-args.backward_shift * _final_loss_scale(Path(config.out_dir))
-    twin = GPT(charlm.model_config(argparse.Namespace(**{**vars(args), "precision": "fp32", "loss_scale": "none"}),
+    twin = GPT(charlm_run.model_config(argparse.Namespace(**{**vars(args), "precision": "fp32", "scaling": "none"}),
                                    corpus.vocab.size), rngs=nnx.Rngs(0))
     nnx.update(twin, nnx.state(result.model, nnx.Param))
     mine, wide = _gradient_zeros(result.model, batch, factor), _gradient_zeros(twin, batch, factor)
@@ -142,18 +145,16 @@ def flushed_fraction(result: TrainResult, args: argparse.Namespace, config) -> d
 
 
 def run(config: Mapping[str, Any], run_dir: str | Path) -> dict:
-    """Sweep entry point: one char-LM run (:func:`experiments.charlm.run_outcome`) plus its flushed
+    """Sweep entry point: one char-LM run (:func:`experiments.outcome.run_outcome`) plus its flushed
     fraction (None for a diverged run)."""
-    cli = charlm.make_cli()
-    args, train_config = charlm.resolve(cli, cli.parse_dict({**config, "out": str(Path(run_dir) / "train"),
-                                                             "no_progress": True}))
+    args, train_config = charlm_run.parse_run(config, run_dir)
     trained: list[TrainResult] = []
 
     def fit() -> TrainResult:
-        trained.append(charlm.train_charlm(args, train_config))
+        trained.append(charlm_run.train_charlm(args, train_config))
         return trained[0]
 
-    outcome = charlm.run_outcome(fit, Path(train_config.out_dir))
+    outcome = run_outcome(fit, Path(train_config.out_dir))
     outcome["flush"] = flushed_fraction(trained[0], args, train_config) if trained else None
     return outcome
 
@@ -162,7 +163,7 @@ def run(config: Mapping[str, Any], run_dir: str | Path) -> dict:
 # Summary
 # ----------------------------------------------------------------------------------------------
 
-def run_rows(records: Sequence[charlm.RunRecord]) -> list[dict]:
+def run_rows(records: Sequence[RunRecord]) -> list[dict]:
     """One row per run: variant, shift, seed, status, test and validation bpc, flushed fraction."""
     rows = []
     for r in records:
@@ -185,7 +186,7 @@ def _interval(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float, int]:
         return math.nan, math.nan, 0
     if len(done) == 1:
         return done[0]["test_bits"], done[0]["test_bits_ci95"], 1
-    mean, ci = charlm.seed_mean_ci([r["test_bits"] for r in done])
+    mean, ci = seed_mean_ci([r["test_bits"] for r in done])
     return mean, ci, len(done)
 
 
@@ -195,7 +196,7 @@ def cells(rows: Sequence[Mapping[str, Any]], profile: Profile) -> list[dict]:
     ``better``, or ``diverged``/``missing``)."""
     out = []
     for variant in profile.variants:
-        reference = REFERENCES[charlm.VARIANTS[variant].parametrisation]
+        reference = REFERENCES[VARIANTS[variant].parametrisation]
         ref_mean, ref_ci, _ = _interval([r for r in rows if r["variant"] == reference and r["shift"] == 0])
         for k in profile.fp32_shifts if variant.startswith("fp32") else profile.shifts:
             mine = [r for r in rows if r["variant"] == variant and r["shift"] == k]
@@ -205,7 +206,7 @@ def cells(rows: Sequence[Mapping[str, Any]], profile: Profile) -> list[dict]:
                        "missing" if n == 0 else
                        "degraded" if mean - ci > ref_mean + ref_ci else
                        "better" if mean + ci < ref_mean - ref_ci else "matches")
-            out.append({"variant": variant, "label": charlm.VARIANTS[variant].label, "reference": reference,
+            out.append({"variant": variant, "label": VARIANTS[variant].label, "reference": reference,
                         "shift": k, "test_bits": mean,
                         "test_bits_ci95": ci, "runs": n, "diverged": sum(r["status"] == "diverged" for r in mine),
                         "flushed": float(np.mean(flushed)) if flushed else math.nan, "verdict": verdict})
@@ -225,24 +226,20 @@ def fp32_check(rows: Sequence[Mapping[str, Any]]) -> dict:
 
 def plot(cell_rows: Sequence[Mapping[str, Any]], profile: Profile, path: Path) -> Path:
     """Test bpc (with intervals) and flushed fraction against the shift, one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 7.0), sharex=True)
+    fig = figure(7.5, 7.0, layout=None)
+    top, bottom = fig.subplots(2, 1, sharex=True)
     for variant in profile.variants:
         if variant.startswith("fp32"):
             ref = next((c for c in cell_rows if c["variant"] == variant and c["shift"] == 0 and c["runs"]), None)
             if ref is not None:
                 top.axhspan(ref["test_bits"] - ref["test_bits_ci95"], ref["test_bits"] + ref["test_bits_ci95"],
-                            color=charlm._COLOURS[variant], alpha=0.15, label=f"{ref['label']} (any shift)")
+                            color=VARIANTS[variant].colour, alpha=0.15, label=f"{ref['label']} (any shift)")
             continue
         mine = sorted((c for c in cell_rows if c["variant"] == variant and c["runs"]), key=lambda c: c["shift"])
-        colour = charlm._COLOURS[variant]
+        colour = VARIANTS[variant].colour
         top.errorbar([c["shift"] for c in mine], [c["test_bits"] for c in mine],
                      yerr=[c["test_bits_ci95"] for c in mine], color=colour, marker="o", ms=4, capsize=3,
-                     label=charlm.VARIANTS[variant].label)
+                     label=VARIANTS[variant].label)
         bottom.plot([c["shift"] for c in mine], [100 * c["flushed"] for c in mine], color=colour, marker="o", ms=4)
     top.set_ylabel("test bits per character")
     top.legend(fontsize=7, loc="upper left")
@@ -253,17 +250,16 @@ def plot(cell_rows: Sequence[Mapping[str, Any]], profile: Profile, path: Path) -
     fig.suptitle(f"Gradient shift, profile {profile.name}: seeds {list(profile.seeds)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def summarise(profile: Profile, runs_dir: Path, out: Path) -> dict:
     """Collect the runs, write ``runs.csv``, ``summary.json`` and ``shift.png`` to ``out``; the summary."""
-    records = charlm.collect(runs_dir, configs(profile))
+    records = collect(runs_dir, configs(profile))
     rows = run_rows(records)
     cell_rows = cells(rows, profile)
     out.mkdir(parents=True, exist_ok=True)
-    charlm.write_csv(out / "runs.csv", rows)
+    write_csv(out / "runs.csv", rows)
     summary = {"experiment": "shift", "profile": dataclasses.asdict(profile), "cells": cell_rows,
                "fp32_check": fp32_check(rows),
                "problems": [{"run": r.name, "status": r.status, "problem": r.problem}
@@ -274,9 +270,8 @@ def summarise(profile: Profile, runs_dir: Path, out: Path) -> dict:
     return summary
 
 
-def print_summary(summary: Mapping[str, Any], out: Path, quick: bool) -> None:
-    if quick:
-        print("\n--quick: a smoke test of the pipeline on a tiny model; its numbers are not results.")
+def print_summary(summary: Mapping[str, Any], out: Path) -> None:
+    """One line per cell (test bpc, flushed fraction, verdict), the FP32 check and every problem."""
     for c in summary["cells"]:
         print(f"  {c['label']:42s} k={c['shift']:2d}: {c['test_bits']:.3f} ± {c['test_bits_ci95']:.3f} bpc, "
               f"flushed {100 * c['flushed']:.2f}%  [{c['verdict']}]")
@@ -290,38 +285,25 @@ def print_summary(summary: Mapping[str, Any], out: Path, quick: bool) -> None:
 # Command line
 # ----------------------------------------------------------------------------------------------
 
-def parser(prog: str = "python -m experiments.shift") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"{prog} [summarise]", description=__doc__.split("\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="the quick profile: a smoke test of a few minutes")
-    p.add_argument("--out", type=Path, default=None, help=f"results directory (default: {DEFAULT_OUT}; --quick: "
-                                                          f"{QUICK_OUT})")
-    p.add_argument("--runs", type=Path, default=None, help="run directories (default: OUT/runs)")
-    p.add_argument("--spec", type=Path, default=SPEC_PATH, help=f"spec file (default: {SPEC_PATH})")
-    p.add_argument("--profile", default=None, help="profile of the spec (default: full; --quick: quick)")
-    p.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process (default: 1)")
-    return p
+SCRIPT = SweepScript("shift", __doc__, SPEC_PATH, (), Path("results/shift"), load_profile, "a few")
+
+
+def sweep_main(args: argparse.Namespace, paths: SweepPaths, run_stages: bool) -> int:
+    """Run the profile's runs (unless ``run_stages`` is False), then summarise into ``paths.out``."""
+    ok = True
+    if run_stages:
+        log = lambda s: print(s, flush=True)  # noqa: E731
+        if args.fresh:
+            clear_stage(paths.runs, configs(paths.profile), paths.variants, log=log)
+        ok = run_stage(paths.runs, configs(paths.profile), SCRIPT.run_fn, workers=args.workers,
+                       variants=paths.variants, log=log)
+    print_summary(summarise(paths.profile, paths.runs, paths.out), paths.out)
+    return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    summarise_only = argv[:1] == ["summarise"]
-    args = parser().parse_args(argv[1:] if summarise_only else argv)
-    if args.workers < 1:
-        parser().error(f"--workers must be a positive integer, got {args.workers}")
-    try:
-        profile = load_profile(args.spec, args.profile or ("quick" if args.quick else "full"))
-    except ValueError as err:
-        parser().error(str(err))
-    out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
-    runs = args.runs or out / "runs"
-    ok = True
-    if not summarise_only:
-        ok = charlm.run_stage(runs, configs(profile), f"{__name__}:run", workers=args.workers,
-                              log=lambda s: print(s, flush=True))
-    summary = summarise(profile, runs, out)
-    print_summary(summary, out, args.quick)
-    return 0 if ok else 1
+    """``run`` (the sweep, the default), ``summarise`` (collect only) or ``train`` (one char-LM run)."""
+    return sweep_script_main(argv, script=SCRIPT, train_main=charlm_run.train_main, sweep_main=sweep_main)
 
 
 if __name__ == "__main__":

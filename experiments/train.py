@@ -33,13 +33,16 @@ A run is ``train(model, loss_fn, config, batches=..., eval_data=...)``:
 - With ``resume`` (the default) a run restarts from its newest checkpoint: params, optimiser, recipe
   and model state (RNG counters included), metric accumulators and the data position, with
   ``metrics.jsonl`` cut back to what it held at that checkpoint. On CPU the resumed run's records are
-  bit-identical to those of an uninterrupted run.
+  bit-identical to those of an uninterrupted run. A run that is already complete (its ``result.json``
+  says so, with the same settings, and its final step is checkpointed) is not run again: ``train``
+  says so, loads the final weights into the model and returns the saved result, writing nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import signal
 import threading
@@ -57,7 +60,7 @@ from experiments import parallel
 from experiments.checkpoint import CheckpointStore
 from experiments.optimizers import OptimizerConfig, learning_rate_schedule, make_optimizer
 from experiments.progress import Clock, Progress, format_rate
-from experiments.results import append_jsonl, dumps, read_jsonl, run_metadata, write_json, write_text
+from experiments.results import append_jsonl, dumps, read_json, read_jsonl, run_metadata, write_json, write_text
 from experiments.train_step import (GradFn, LossFn, TrainState, init_state, interval_metrics, make_eval_step,
                                     make_multi_step, make_train_step, plain_value_and_grad, eval_graphdef,
                                     split_model)
@@ -187,6 +190,13 @@ class _Files:
     def fingerprint(self) -> dict:
         data = self.metrics.read_bytes() if self.metrics.is_file() else b""
         return {"metrics_bytes": len(data), "metrics_sha256": hashlib.sha256(data).hexdigest()}
+
+    def extends(self, meta: dict) -> bool:
+        """Whether ``metrics.jsonl`` still begins with what it held when checkpoint ``meta`` was saved."""
+        data = self.metrics.read_bytes() if self.metrics.is_file() else b""
+        n = meta.get("metrics_bytes")
+        return isinstance(n, int) and len(data) >= n and hashlib.sha256(data[:n]).hexdigest() == meta.get(
+            "metrics_sha256")
 
     def rewind(self, meta: dict) -> None:
         """Cut ``metrics.jsonl`` back to its content when checkpoint ``meta`` was saved, after checking it."""
@@ -551,6 +561,9 @@ def train(model: nnx.Module, loss_fn: LossFn, config: TrainConfig, *,
     files = _Files(Path(config.out_dir), writer=jax.process_index() == 0)
     with CheckpointStore(files.out_dir / CHECKPOINT_DIR, config.keep_checkpoints) as store, \
             _StopSignals() as stop:
+        saved = _completed_result(files, store, config)
+        if saved is not None:
+            return _completed_run(model, store, parallel.replicate(state, mesh), replicated, saved, files)
         progress = Progress(config.steps, 0, enabled=config.progress and files.writer)
         loop = _Loop(config, files, store, mesh,
                      jax.jit(make_multi_step(step_fn), donate_argnums=0, out_shardings=replicated),
@@ -567,13 +580,45 @@ def train(model: nnx.Module, loss_fn: LossFn, config: TrainConfig, *,
     return TrainResult(model, config.steps, result["final"], result, files.out_dir)
 
 
+def _completed_result(files: _Files, store: CheckpointStore, config: TrainConfig) -> dict | None:
+    """The ``result.json`` of ``files`` if it records this run as completed -- the same settings but for
+    bookkeeping, every step done and checkpointed, the metrics file intact -- else None (and the run
+    resumes, or starts, as it would without one)."""
+    path = files.out_dir / RESULT_FILE
+    if not config.resume or store.latest_step() != config.steps or not path.is_file():
+        return None
+    try:
+        saved = read_json(path)
+    except ValueError:  # a damaged result.json is rewritten by finishing the run again
+        return None
+    if not isinstance(saved, dict) or saved.get("status") != "completed" or not isinstance(saved.get("config"), dict):
+        return None
+    now = json.loads(dumps(config.to_dict()))
+    same = all(saved["config"].get(k) == v for k, v in now.items() if k not in _BOOKKEEPING)
+    return saved if same and files.extends(store.read_meta(config.steps)) else None
+
+
+def _completed_run(model: nnx.Module, store: CheckpointStore, state: TrainState, sharding, saved: dict,
+                   files: _Files) -> TrainResult:
+    """A completed run, run again: the model gets its final checkpoint's weights, the result is the saved
+    one, and nothing is written (no metrics record, no new result.json)."""
+    state, _ = store.restore(saved["steps"], state, sharding)
+    nnx.update(model, state.params, state.rest)
+    if files.writer:
+        print(f"{files.out_dir} holds this run, complete (all {saved['steps']} steps; {RESULT_FILE} and the final "
+              f"checkpoint); nothing to do. --fresh starts it again.", flush=True)
+    return TrainResult(model, saved["steps"], saved["final"], saved, files.out_dir)
+
+
 def _finish(loop: _Loop, state: TrainState, cost_step_fn: Callable, probe, start: int, timings: dict,
             started: float) -> dict:
     """Final evaluation, checkpoint, IPU estimate (of ``cost_step_fn``) and ``result.json``."""
     config = loop.config
     loop.check_finite(state)
     loop.save(state, config.steps)  # before the final records, so a rerun rewinds and rewrites them
-    final = {"train": loop.last_train or _last_record(loop.files, "train")}
+    # A run resumed from its last step trained nothing now: its last train record is in the metrics file.
+    loop.last_train = loop.last_train or _last_record(loop.files, "train")
+    final = {"train": loop.last_train}
     for split in loop.eval_data:
         final[split] = loop.log_eval(state, config.steps, split, config.final_eval_batches)
     loop.print_line(config.steps, final.get("val"))

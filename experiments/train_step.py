@@ -120,6 +120,11 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     return nnx.split(model, nnx.Param, ...)
 
 
+def parameter_count(model: nnx.Module) -> int:
+    """Number of trainable parameter values of ``model`` (the ``nnx.Param`` state :func:`split_model` splits off)."""
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
 def eval_graphdef(model: nnx.Module) -> nnx.GraphDef:
     """The graphdef of ``model`` in evaluation mode (dropout off, running statistics used)."""
     view = nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)

@@ -1,8 +1,8 @@
 """u-muP vs the standard parametrisation: does the optimal learning rate move with width?
 
-    python -m experiments.umup --quick                      # a tiny sweep, about a minute on 2 CPU cores
+    python -m experiments.umup --quick                      # a smoke test: a tiny sweep, about a minute
     python -m experiments.umup --out results/umup           # the full sweep of experiments/sweeps/umup.toml
-    python -m experiments.umup --analyse-only --out results/umup   # tables and plots from finished runs
+    python -m experiments.umup summarise --out results/umup # tables and plots from finished runs
 
 Character-level GPTs on Shakespeare, one learning-rate sweep per width at fixed depth, for
   SP:    the standard model (weights N(0, 0.02^2), 1/sqrt(d_head) attention) + plain AdamW (optax);
@@ -20,7 +20,8 @@ lr, one curve per width, one panel per parametrisation), ``precision.png`` (u-mu
 when the spec has such runs) and ``README.md`` (the command and the tables). Runs live under
 ``--runs`` (checkpoints deleted once a run completes; a diverged run keeps its last good one);
 interrupt at any time and run the same command again: finished runs are skipped
-(:mod:`experiments.sweep`) and a run in flight resumes from its last checkpoint.
+(:mod:`experiments.runner`) and a run in flight resumes from its last checkpoint; ``--fresh`` runs
+them all again. ``--quick`` is a smoke test whose results go to a temporary directory.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ import optax
 from flax import nnx
 
 from experiments import data
-from experiments.gpt import load_char_corpus
+from experiments.char_gpt import load_char_corpus
+from experiments.cli import SMOKE_TEST, quick_out, run_main
+from experiments.figures import figure
+from experiments.inputs import InputError, ScriptParser, check_data, check_out_dir
 from experiments.optimizers import OptimizerConfig, decay_mask, learning_rate_schedule
-from experiments.results import read_json, write_json, write_text
-from experiments.sweep import RESULT_FILE, expand_grid, load_spec, name_runs, run_sweep
+from experiments.results import read_json, write_csv, write_json, write_text
+from experiments.runner import RESULT_FILE, expand_grid, load_spec, name_runs, remove_runs, run_sweep
 from experiments.train import NonFiniteLossError, TrainConfig, train
 from unitscale.models.gpt import GPT, GPTConfig, lm_loss
 from unitscale.optim import umup_adamw
@@ -57,6 +61,7 @@ PARAMETRISATIONS = {"sp": "standard (SP) + AdamW", "umup": "u-μP + u-μP AdamW"
 PRECISIONS = {"fp32": ("fp32", "float32"), "bf16": ("bf16", "bfloat16"), "fp8": ("umup_fp8", "bfloat16")}
 SPEC = Path(__file__).parent / "sweeps" / "umup.toml"
 RUN_FN = "experiments.umup:run"
+QUICK_OUT = quick_out("umup")
 
 # A sweep small enough for --quick: two widths, two learning rates each, a few steps.
 QUICK_FIXED = dict(depth=1, head_dim=8, steps=20, batch_size=8, seq_len=32, warmup=4, eval_every=10,
@@ -67,34 +72,32 @@ QUICK_SPEC = [
 ]
 
 
+# The training options a spec may set, with their u-muP defaults, by the names every script's options
+# have (experiments.cli): TrainConfig's, and OptimizerConfig's for the optimiser (``warmup``: its warm-up
+# steps). Both parametrisations: AdamW, linear warm-up then cosine decay, no gradient clipping.
+TRAIN_DEFAULTS: Mapping[str, Any] = dict(steps=800, batch_size=16, seq_len=64, log_every=50, eval_every=200,
+                                         eval_batches=8, final_eval_batches=64, checkpoint_every=200)
+OPTIMIZER_DEFAULTS: Mapping[str, Any] = dict(warmup=80, weight_decay=0.0, b1=0.9, b2=0.99, eps=1e-8,
+                                             final_lr_fraction=0.1)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
-    """One run of the sweep. ``weight_decay`` is AdamW's lambda: SP removes ``lr_t * lambda * w``
-    per step (optax AdamW), u-muP ``(lr_t / lr) * lambda * w`` (independent of the learning rate)."""
+    """One run of the sweep: the model and learning rate of its point in the grid, and ``training``, the
+    options of :data:`TRAIN_DEFAULTS` and :data:`OPTIMIZER_DEFAULTS` the spec sets. ``weight_decay`` is
+    AdamW's lambda: SP removes ``lr_t * lambda * w`` per step (optax AdamW), u-muP
+    ``(lr_t / lr) * lambda * w`` (independent of the learning rate)."""
 
     parametrisation: str
     width: int
     log2_lr: float
     depth: int = 2
     head_dim: int = 32
-    steps: int = 800
-    batch_size: int = 16
-    seq_len: int = 64
-    warmup: int = 80
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.99
-    eps: float = 1e-8
-    final_lr_fraction: float = 0.1
     precision: str = "fp32"
     seed: int = 0
-    log_every: int = 50
-    eval_every: int = 200
-    eval_batches: int = 8
-    final_eval_batches: int = 64
-    checkpoint_every: int = 200
     data: str = "shakespeare"
     cache_dir: str | None = None
+    training: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.parametrisation not in PARAMETRISATIONS:
@@ -105,14 +108,25 @@ class RunSettings:
             raise ValueError(f"width ({self.width!r}) must be a multiple of head_dim ({self.head_dim!r})")
         if not isinstance(self.log2_lr, (int, float)) or not math.isfinite(self.log2_lr):
             raise ValueError(f"log2_lr must be a finite number, got {self.log2_lr!r}")
+        unknown = sorted(set(self.training) - set(TRAIN_DEFAULTS) - set(OPTIMIZER_DEFAULTS))
+        if unknown:
+            raise ValueError(f"training: unknown options {unknown}")
+        self.train_config(".")  # TrainConfig and OptimizerConfig check every value
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RunSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - names)
+        """The settings of a sweep config: its keys are the fields and the training options."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"training"}
+        options = set(TRAIN_DEFAULTS) | set(OPTIMIZER_DEFAULTS)
+        unknown = sorted(set(config) - fields - options)
         if unknown:
-            raise ValueError(f"config: unknown settings {unknown}; known: {sorted(names)}")
-        return cls(**config)
+            raise ValueError(f"config: unknown settings {unknown}; known: {sorted(fields | options)}")
+        return cls(**{k: v for k, v in config.items() if k in fields},
+                   training={k: v for k, v in config.items() if k in options})
+
+    def setting(self, name: str) -> Any:
+        """Training option ``name`` of this run: the spec's, else its default."""
+        return {**TRAIN_DEFAULTS, **OPTIMIZER_DEFAULTS, **self.training}[name]
 
     @property
     def lr(self) -> float:
@@ -121,6 +135,19 @@ class RunSettings:
     @property
     def unit_scaled(self) -> bool:
         return self.parametrisation == "umup"
+
+    def optimizer_config(self) -> OptimizerConfig:
+        """AdamW at the peak rate ``2^log2_lr``, warm-up then cosine decay, no clipping."""
+        o = {k: self.setting(k) for k in OPTIMIZER_DEFAULTS}
+        return OptimizerConfig(name="adamw", lr=self.lr, b1=o["b1"], b2=o["b2"], eps=o["eps"],
+                               weight_decay=o["weight_decay"], warmup_steps=o["warmup"], schedule="cosine",
+                               final_lr_fraction=o["final_lr_fraction"], grad_clip=0.0)
+
+    def train_config(self, out_dir: str | Path) -> TrainConfig:
+        """The loop's settings: one checkpoint kept, no progress bar and no IPU estimate."""
+        return TrainConfig(**{k: self.setting(k) for k in TRAIN_DEFAULTS}, optimizer=self.optimizer_config(),
+                           keep_checkpoints=1, seed=self.seed, out_dir=str(out_dir), progress=False,
+                           ipu_estimate=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,31 +158,19 @@ def model_config(s: RunSettings, vocab_size: int) -> GPTConfig:
     """The GPT of run ``s`` (heads of ``head_dim`` channels, context ``seq_len``, its precision)."""
     policy, dtype = PRECISIONS[s.precision]
     return GPTConfig(vocab_size=vocab_size, d_model=s.width, depth=s.depth, heads=s.width // s.head_dim,
-                     max_len=s.seq_len, unit_scaled=s.unit_scaled, precision=policy, dtype=dtype)
-
-
-def _optimizer_config(s: RunSettings) -> OptimizerConfig:
-    return OptimizerConfig(name="adamw", lr=s.lr, b1=s.b1, b2=s.b2, eps=s.eps, weight_decay=s.weight_decay,
-                           warmup_steps=s.warmup, schedule="cosine", final_lr_fraction=s.final_lr_fraction,
-                           grad_clip=0.0)
+                     max_len=s.setting("seq_len"), unit_scaled=s.unit_scaled, precision=policy, dtype=dtype)
 
 
 def make_optimizer(s: RunSettings, model: GPT) -> optax.GradientTransformation:
     """SP: optax AdamW (decay on matrices and embeddings); u-muP: :func:`unitscale.optim.umup_adamw`
     with the same schedule, betas and decay mask, the decay independent of the learning rate."""
-    config = _optimizer_config(s)
-    schedule = learning_rate_schedule(config, s.steps)
+    config = s.optimizer_config()
+    schedule = learning_rate_schedule(config, s.setting("steps"))
     if not s.unit_scaled:
-        return optax.adamw(schedule, s.b1, s.b2, s.eps, weight_decay=s.weight_decay, mask=decay_mask)
-    return umup_adamw(schedule, model, b1=s.b1, b2=s.b2, eps=s.eps, weight_decay=s.weight_decay,
+        return optax.adamw(schedule, config.b1, config.b2, config.eps, weight_decay=config.weight_decay,
+                           mask=decay_mask)
+    return umup_adamw(schedule, model, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
                       peak_lr=s.lr, mask=decay_mask)
-
-
-def _train_config(s: RunSettings, out_dir: Path) -> TrainConfig:
-    return TrainConfig(steps=s.steps, batch_size=s.batch_size, seq_len=s.seq_len, optimizer=_optimizer_config(s),
-                       log_every=s.log_every, eval_every=s.eval_every, eval_batches=s.eval_batches,
-                       final_eval_batches=s.final_eval_batches, checkpoint_every=s.checkpoint_every,
-                       keep_checkpoints=1, seed=s.seed, out_dir=str(out_dir), progress=False, ipu_estimate=False)
 
 
 def run(config: Mapping[str, Any], run_dir: str | Path) -> dict:
@@ -164,8 +179,8 @@ def run(config: Mapping[str, Any], run_dir: str | Path) -> dict:
     s = RunSettings.from_config(config)
     corpus = load_char_corpus(s.data, s.cache_dir)
     model = GPT(model_config(s, corpus.vocab.size), rngs=nnx.Rngs(params=s.seed, dropout=s.seed + 1))
-    train_config = _train_config(s, Path(run_dir) / "train")
-    shape = dict(batch_size=s.batch_size, seq_len=s.seq_len)
+    train_config = s.train_config(Path(run_dir) / "train")
+    shape = dict(batch_size=train_config.batch_size, seq_len=train_config.seq_len)
     # Quantised matmuls carry recipe state (range counts) that only the recipe's gradient updates.
     recipe = (dict(value_and_grad=value_and_grad_with_recipe, recipe_state=NoOpLossScale())
               if model.config.precision.quantized else {})
@@ -287,9 +302,7 @@ def summarise(points: Sequence[Point]) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 def _figure(ncols: int):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.2 * ncols, 4.2), layout="constrained")
+    fig = figure(5.2 * ncols, 4.2)
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
@@ -352,10 +365,8 @@ def plot_precision(points: Sequence[Point], path: str | Path) -> Path | None:
 
 
 def write_runs_csv(points: Sequence[Point], path: str | Path) -> Path:
-    fields = [f.name for f in dataclasses.fields(Point)]
-    lines = [",".join(fields)] + [",".join(repr(getattr(p, f)) if isinstance(getattr(p, f), float)
-                                           else str(getattr(p, f)) for f in fields) for p in points]
-    return write_text(path, "\n".join(lines) + "\n")
+    """One row per run: the fields of :class:`Point`."""
+    return write_csv(path, [dataclasses.asdict(p) for p in points], [f.name for f in dataclasses.fields(Point)])
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -402,47 +413,78 @@ def write_outputs(points: Sequence[Point], out: str | Path, command: str) -> dic
 # Command line
 # ----------------------------------------------------------------------------------------------
 
+COMMANDS = ("run", "summarise")
+
+
 def make_parser() -> argparse.ArgumentParser:
+    """The options of ``run`` and ``summarise``, both commands in the usage line."""
     doc = __doc__.split("\n\n", 1)
-    p = argparse.ArgumentParser(prog="python -m experiments.umup", description=doc[0], epilog=doc[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="the built-in tiny sweep (about a minute on 2 CPU cores)")
+    p = ScriptParser(prog="python -m experiments.umup", description=doc[0], epilog=doc[1],
+                     usage="python -m experiments.umup [run | summarise] [options]",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"a smoke test: the built-in tiny sweep (about a minute on "
+                   f"2 CPU cores), results in {QUICK_OUT} unless --out is given")
     p.add_argument("--spec", type=Path, default=None, help=f"sweep spec, .toml or .json (default: {SPEC}; "
                    "--quick: a built-in two-width sweep)")
     p.add_argument("--out", type=Path, default=None,
-                   help="tables, plots and README (default: results/umup; --quick: runs/umup-quick/results)")
+                   help=f"tables, plots and README (default: results/umup; --quick: {QUICK_OUT})")
     p.add_argument("--runs", type=Path, default=None,
-                   help="one directory per run (default: runs/umup; --quick: runs/umup-quick)")
+                   help=f"one directory per run (default: runs/umup; --quick: {QUICK_OUT / 'runs'})")
+    p.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process (default 1)")
+    p.add_argument("--fresh", action="store_true", help="delete the spec's run directories first and run them "
+                   "again from the start (default: keep finished runs, resume unfinished ones)")
     p.add_argument("--data", default=None, help="corpus for every run (default: the spec's, shakespeare)")
-    p.add_argument("--cache-dir", default=None, help="corpus cache (default: $UNITSCALE_CACHE_DIR or ~/.cache/unitscale)")
-    p.add_argument("--analyse-only", action="store_true", help="no training: tables and plots from finished runs")
+    p.add_argument("--cache-dir", default=None,
+                   help="corpus cache (default: $UNITSCALE_CACHE_DIR or ~/.cache/unitscale)")
+    p.add_argument("--analyse-only", action="store_true", help="the same as the command summarise (older spelling)")
     return p
 
 
 def _spec(args: argparse.Namespace) -> list[dict]:
-    spec = load_spec(args.spec) if args.spec else (QUICK_SPEC if args.quick else load_spec(SPEC))
-    spec = [spec] if isinstance(spec, Mapping) else list(spec)
-    overrides = {k: v for k, v in (("data", args.data), ("cache_dir", args.cache_dir)) if v is not None}
-    return [{**grid, **overrides} for grid in spec]
+    """The runs of ``--spec`` (or the built-in quick sweep) with ``--data`` / ``--cache-dir``, every run's
+    settings checked; InputError naming what is wrong."""
+    try:
+        spec = load_spec(args.spec) if args.spec else (QUICK_SPEC if args.quick else load_spec(SPEC))
+        spec = [spec] if isinstance(spec, Mapping) else list(spec)
+        overrides = {k: v for k, v in (("data", args.data), ("cache_dir", args.cache_dir)) if v is not None}
+        spec = [{**grid, **overrides} for grid in spec]
+        for r in name_runs(expand_grid(spec)):
+            RunSettings.from_config(r.config)  # reject a bad spec before hours of training
+    except (ValueError, TypeError) as err:
+        raise InputError(str(err)) from None
+    return spec
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = make_parser().parse_args(argv)
-    runs = args.runs or Path("runs/umup-quick" if args.quick else "runs/umup")
-    out = args.out or (runs / "results" if args.quick else Path("results/umup"))
+    """``run`` (the default: the sweep, then its summary) or ``summarise`` (the summary of finished runs)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv[:1] and argv[0] in COMMANDS else "run"
+    args = make_parser().parse_args(argv[1:] if argv[:1] == [command] else argv)
+    if args.analyse_only:
+        command = "summarise"
+    if args.workers < 1:
+        raise InputError(f"--workers must be a positive integer, got {args.workers}")
+    if args.data is not None:
+        check_data(args.data, "--data")
+    out = check_out_dir(args.out or (QUICK_OUT if args.quick else Path("results/umup")), "--out")
+    runs = check_out_dir(args.runs or (QUICK_OUT / "runs" if args.quick else Path("runs/umup")), "--runs")
     spec = _spec(args)
-    for r in name_runs(expand_grid(spec)):
-        RunSettings.from_config(r.config)  # reject a bad spec before hours of training
-    if not args.analyse_only:
-        report = run_sweep(spec, RUN_FN, runs, log=lambda line: print(line, flush=True))
+    if args.quick:
+        print(SMOKE_TEST, flush=True)
+    if command == "run":
+        if args.fresh:
+            print(f"--fresh: deleted {len(remove_runs(runs, expand_grid(spec)))} run directories under {runs}")
+        report = run_sweep(spec, RUN_FN, runs, workers=args.workers, log=lambda line: print(line, flush=True))
         if report.failed:
             print(f"{len(report.failed)} runs failed (error.txt in their directories): {', '.join(report.failed)}")
-    command = "python -m experiments.umup " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    summary = write_outputs(collect(spec, runs), out, command)
+    command_line = "python -m experiments.umup " + shlex.join(argv)
+    summary = write_outputs(collect(spec, runs), out, command_line)
     print(markdown_tables(summary), end="")
     print(f"wrote {out}/README.md, summary.json, runs.csv, lr_sweep.png")
+    if args.quick:
+        print(SMOKE_TEST)
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import bert, data
+from experiments import bert, bert_run, data
+from experiments.variants import apply_variant
 from experiments.results import read_json
-from experiments.sweep import RESULT_FILE
+from experiments.runner import RESULT_FILE
 
 SCRIPT = bert  # run by the fixtures of tests/experiments/conftest.py
 TINY = Path(__file__).parent / "data" / "tiny.txt"
@@ -101,9 +102,9 @@ def test_loss_counts_only_masked_characters():
     vocab = data.build_char_vocab("abcdefgh", specials=data.MLM_SPECIALS)
     tokens = vocab.encode("abcdefgh" * 8)
     batch = data.mlm_batch(tokens, 0, vocab=vocab, batch_size=3, seq_len=12, seed=1, mask_prob=0.3)
-    args = bert.make_cli().parse(["--size", "tiny"])
-    model = bert.BERT(bert.model_config(args, vocab.size), rngs=nnx.Rngs(0))
-    loss, totals = bert.bert_loss(model, batch)
+    args = bert_run.make_cli().parse(["--size", "tiny"])
+    model = bert_run.BERT(bert_run.model_config(args, vocab.size), rngs=nnx.Rngs(0))
+    loss, totals = bert_run.bert_loss(model, batch)
     masked = np.asarray(batch.labels) != data.IGNORE_INDEX
     assert float(totals["count"]) == masked.sum() > 0
     per_row = masked.sum(axis=1)
@@ -118,9 +119,9 @@ def test_full_spec_pretrains_the_required_variants_and_a_bert_base():
     assert {"fp32-standard", "fp16-standard-dynamic", "fp16-unit", "fp8-unit"} <= variants
     base, = bert.base_configs(profile)
     assert base["variant"] == "fp8-unit-attn32" and base["size"] == "base" and 100 <= base["steps"] <= 1000
-    args = bert.make_cli().parse(["--size", "base", "--variant", "fp8-unit"])
-    config = bert.model_config(bert.charlm.apply_variant(args), vocab_size=90)
-    preset = bert.BERTConfig.PRESETS["bert-base"]
+    args = bert_run.make_cli().parse(["--size", "base", "--variant", "fp8-unit"])
+    config = bert_run.model_config(apply_variant(args), vocab_size=90)
+    preset = bert_run.BERTConfig.PRESETS["bert-base"]
     assert (config.d_model, config.depth, config.heads, config.ffn_hidden) == (preset["d_model"], preset["depth"],
                                                                                preset["heads"], 3072)
     assert config.unit_scaled and config.precision.matmul_fwd is not None and config.norm_placement == "post"
@@ -134,11 +135,21 @@ def test_bad_spec_names_the_problem(tmp_path):
         bert.load_profile(spec, "t")
 
 
-def test_help_lists_the_options(capsys):
-    for argv, options in ((["--help"], ("--quick", "--out", "--runs", "--workers", "--stage")),
-                          (["train", "--help"], ("--variant", "--size", "--mask-prob", "--precision", "--scaling"))):
+def test_help_lists_the_options_and_every_command(capsys):
+    for argv, options in ((["--help"], ("usage: python -m experiments.bert [run | summarise | train]", "--quick",
+                                        "--out", "--runs", "--workers", "--stage", "--fresh", "--data")),
+                          (["train", "--help"], ("--variant", "--size", "--mask-prob", "--precision", "--scaling",
+                                                 "--fresh", "--data"))):
         with pytest.raises(SystemExit) as done:
             bert.main(argv)
         assert done.value.code == 0
         printed = capsys.readouterr().out
         assert all(o in printed for o in options), printed
+
+
+def test_a_too_long_sequence_ends_in_one_line_before_the_model_is_built(tmp_path, capsys):
+    code = bert.main(["train", "--data", str(TINY), "--size", "tiny", "--seq-len", "4000", "--out", str(tmp_path / "o"),
+                      "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--seq-len 4000: the training split of" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "o").exists()

@@ -6,15 +6,13 @@ import math
 import shutil
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from experiments import charlm
-from experiments.results import append_jsonl, read_json
-from experiments.sweep import RESULT_FILE, name_runs
-from experiments.train import NonFiniteLossError, eval_metrics
+from experiments import charlm, charlm_run
+from experiments.results import read_json
+from experiments.runner import RESULT_FILE, name_runs
+from experiments.sweep_cli import sweep_parser, sweep_paths
+from experiments.variants import VARIANTS
 
 SCRIPT = charlm  # run by the fixtures of tests/experiments/conftest.py
 TINY = Path(__file__).parent / "data" / "tiny.txt"
@@ -171,98 +169,21 @@ def test_summarise_before_the_lr_sweep_finished_names_the_problem(tmp_path, caps
     assert "lr sweep: no completed standard run yet" in capsys.readouterr().err
 
 
-def test_variant_subset_runs_in_the_full_stage_directories(tmp_path):
-    configs = [{"variant": v, "mixer": "attention", "norm": "pre", "seed": s, "lr": 1.0}
-               for v in ("fp32-standard", "fp8-unit") for s in (0, 1)]
-    seen = []
-
-    def fake_run(config, run_dir):
-        seen.append(config["variant"])
-        return {"status": "completed"}
-
-    assert charlm.run_stage(tmp_path, configs, fake_run, workers=1, variants=["fp8-unit"], log=lambda s: None)
-    assert seen == ["fp8-unit", "fp8-unit"]
-    assert not list(tmp_path.rglob("error.txt"))  # the temporary markers are gone
-    names = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert names == sorted(f"seed={s},variant=fp8-unit" for s in (0, 1))
-    charlm.run_stage(tmp_path, configs, fake_run, workers=1, log=lambda s: None)
-    assert seen == ["fp8-unit"] * 2 + ["fp32-standard"] * 2
-
-
-def test_a_diverged_run_is_recorded_with_its_step_and_keeps_its_last_good_checkpoint(tmp_path):
-    out = tmp_path / "train"
-    for step, loss in ((2, 3.0), (4, 2.5)):
-        append_jsonl(out / "metrics.jsonl", {"kind": "train", "step": step, "loss": loss, "skipped": 0})
-    (out / "checkpoints" / "4").mkdir(parents=True)
-
-    def fit():
-        raise NonFiniteLossError("nan at step 6", 5, out / "checkpoints" / "4")
-
-    result = charlm.run_outcome(fit, out)
-    assert result["status"] == "diverged" and result["diverged_at_step"] == 6 and result["steps_done"] == 4
-    assert math.isnan(result["test"]["bits"]) and result["curves"]["train"]["loss"] == [3.0, 2.5]
-    assert (out / "checkpoints" / "4").is_dir()
-    record = charlm.RunRecord("r", {"mixer": "a", "norm": "pre", "variant": "fp16-standard", "seed": 0},
-                              "diverged", result)
-    row = charlm.aggregate([record])[0]
-    assert (row["diverged"], row["completed"], row["diverged_at_steps"]) == (1, 0, [6])
-    assert charlm.format_cell(row) == "diverged @ step 6"
-
-
-def test_window_ci_is_the_ratio_estimator_over_windows():
-    key = jax.random.key(3)
-    logits = jax.random.normal(key, (6, 10, 7)) * 2
-    targets = jax.random.randint(jax.random.key(4), (6, 10), 0, 7)
-    valid = jnp.arange(10)[None, :] < jnp.array([10, 10, 10, 10, 10, 3])[:, None]  # a short last window
-    totals = charlm.window_totals(logits, targets, valid)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
-    totals = {**{k: float(v) for k, v in totals.items()}, "nll": float(jnp.sum(jnp.where(valid, nll, 0))),
-              "correct": 0.0, "count": float(jnp.sum(valid))}
-    metrics = eval_metrics(totals)
-    sums = np.asarray(jnp.sum(jnp.where(valid, nll, 0), axis=1), float)
-    n = np.asarray(jnp.sum(valid, axis=1), float)
-    m = sums.sum() / n.sum()
-    expected = 1.959964 * math.sqrt(len(n) / (len(n) - 1) * np.sum((sums - m * n) ** 2)) / n.sum()
-    assert metrics["loss"] == pytest.approx(m, rel=1e-5)
-    assert charlm.window_ci(metrics, "loss") == pytest.approx(expected, rel=1e-4)
-
-
-def test_seed_interval_uses_student_t():
-    mean, half = charlm.seed_mean_ci([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
-    with pytest.raises(ValueError, match="values"):
-        charlm.seed_mean_ci([1.0])
-
-
-def test_cells_with_several_seeds_get_a_t_interval_and_count_divergence():
-    def record(seed, bits, status="completed"):
-        result = {"test": {"bits": bits, "bits_ci95": 0.01}, "diverged_at_step": 9 if status == "diverged" else None}
-        return charlm.RunRecord(f"s{seed}", {"mixer": "attention", "norm": "pre", "variant": "fp16-unit",
-                                             "seed": seed}, status, result)
-
-    row, = charlm.aggregate([record(0, 1.5), record(1, 1.7), record(2, 1.6), record(3, math.nan, "diverged")])
-    assert row["ci_kind"] == "seeds" and row["mean"] == pytest.approx(1.6) and row["seeds"] == [0, 1, 2]
-    assert row["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
-    assert (row["runs"], row["completed"], row["diverged"], row["diverged_at_steps"]) == (4, 3, 1, [9])
-    assert charlm.format_cell(row) == "1.600 ± 0.248 † (1/4 diverged)"
-    row, = charlm.aggregate([record(0, 1.5)])
-    assert (row["ci_kind"], row["ci95"]) == ("tokens", 0.01)
-
-
 def test_full_spec_has_the_papers_grid():
     profile = charlm.load_profile(charlm.SPEC_PATH, "full")
     configs = charlm.grid_configs(profile, {"standard": 1e-3, "unit": 1e-2})
-    seeded = {"fp32-standard", "fp32-unit", "fp16-standard", "fp16-unit", "fp8-unit"}  # the claims' variants
-    sharp = {v for v in charlm.VARIANTS if v.endswith("-attn32")}  # attention models only
-    assert len(configs) == 9 * 6 + len(seeded) * 2 + len(sharp) * 2
+    sharp = {v for v in VARIANTS if v.endswith("-attn32")} - {"fp16p-unit-attn32"}  # attention post-norm only
+    plain = set(VARIANTS) - sharp - {"fp16p-unit-attn32"}
     cells = {}
     for c in configs:
         cells.setdefault((c["mixer"], c["norm"], c["variant"]), set()).add(c["seed"])
-    assert len(cells) == 9 * 6 + len(sharp) * 2 and set(charlm.VARIANTS) == {v for _, _, v in cells}
-    assert {m for m, _, v in cells if v in sharp} == {"attention"}
-    assert all(seeds == ({0, 1, 2} if (m, n, v in seeded) == ("attention", "pre", True) else {0})
-               for (m, n, v), seeds in cells.items())
-    # The paper's batch and FFN ratio; sequence 128 (not 256), hidden 64 and depth 4 for time (see the spec).
+    assert len(configs) == len(cells) == 6 * len(plain) + len(sharp) and all(s == {0} for s in cells.values())
+    assert {v for _, _, v in cells} == plain | sharp and {(m, n) for m, n, v in cells if v in sharp} == {
+        ("attention", "post")}
+    # The paper's model (hidden 128, depth 8, sequence 256) where its claims rest, attention pre-norm; the
+    # paper's batch and FFN ratio elsewhere with hidden 64, depth 4 and sequence 128 for time (see the spec).
+    paper = [c for c in configs if (c["mixer"], c["norm"]) == ("attention", "pre")]
+    assert {(c["d_model"], c["depth"], c["seq_len"]) for c in paper} == {(128, 8, 256)}
     assert (profile.train["seq_len"], profile.train["batch_size"], profile.train["ffn_ratio"]) == (128, 8, 4.0)
     assert charlm.load_profile(charlm.SPEC_PATH, "quick").train["steps"] < profile.train["steps"]
 
@@ -276,27 +197,48 @@ def test_bad_specs_raise_naming_the_problem(tmp_path, edit, message):
     spec.write_text(SPEC + edit)
     with pytest.raises(ValueError, match=message):
         charlm.load_profile(spec, "t")
-    with pytest.raises(ValueError, match="no profile 'nope'"):
+    with pytest.raises(ValueError, match="no profile 'nope'"):  # an InputError
         charlm.load_profile(spec, "nope")
 
 
-def test_variants_map_to_the_precision_recipes():
-    cli = charlm.make_cli()
-    for name, variant in charlm.VARIANTS.items():
-        args = charlm.apply_variant(cli.parse(["--variant", name]))
-        policy, loss_scale = charlm.numerics(args)
-        assert args.unit_scaled == variant.unit_scaled
-        assert policy.compute_dtype == ("float16" if name.startswith("fp16") else "float32")
-        assert (policy.matmul_fwd is not None) == name.startswith("fp8")
-        assert policy.scaling == ("delayed" if name == "fp8-standard-delayed" else "none")
-        assert loss_scale.loss_scale == {"fp16-standard-static": 2048.0, "fp16-standard-dynamic": 2.0**15}.get(name, 1.0)
-
-
-def test_help_lists_the_options(capsys):
-    for argv, options in ((["--help"], ("--quick", "--out", "--runs", "--workers", "--variants", "--stage")),
-                          (["train", "--help"], ("--variant", "--mixer", "--norm", "--precision", "--scaling"))):
+def test_help_lists_the_options_and_every_command(capsys):
+    for argv, options in ((["--help"], ("usage: python -m experiments.charlm [run | summarise | train]", "--quick",
+                                        "--out", "--runs", "--workers", "--variants", "--stage", "--fresh", "--data")),
+                          (["train", "--help"], ("--variant", "--mixer", "--norm", "--precision", "--scaling",
+                                                 "--fresh", "--data", "--system"))):
         with pytest.raises(SystemExit) as done:
             charlm.main(argv)
         assert done.value.code == 0
         text = capsys.readouterr().out
         assert all(o in text for o in options), text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--spec", "BAD"], "spec: BAD is not valid TOML"),
+    (["--out", "FILE"], "--out FILE: is a file"),
+    (["--runs", "FILE/runs"], "--runs FILE/runs: lies under FILE, which is a file"),
+    (["--variants", "fp64"], "--variants names unknown variants ['fp64']"),
+    (["--data", "no-such-corpus.txt"], "--data no-such-corpus.txt: no such file or directory"),
+])
+def test_bad_input_ends_in_one_line_before_any_run(tmp_path, capsys, argv, message):
+    (tmp_path / "FILE").write_text("kept")
+    (tmp_path / "BAD").write_text("[t.train\nsteps = 1\n")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    argv = [a.replace("FILE", str(tmp_path / "FILE")).replace("BAD", str(tmp_path / "BAD")) for a in argv]
+    options = {"--spec": str(spec), "--profile": "t", "--out": str(tmp_path / "out"),
+               **dict(zip(argv[::2], argv[1::2]))}
+    for command in ([], ["summarise"]):
+        assert charlm.main([*command, *[x for kv in options.items() for x in kv]]) == 2
+        err = capsys.readouterr().err
+        expected = message.replace("FILE", str(tmp_path / "FILE")).replace("BAD", str(tmp_path / "BAD"))
+        assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists() and (tmp_path / "FILE").read_text() == "kept"
+
+
+def test_quick_writes_outside_the_repository_by_default(tmp_path):
+    repo = Path(charlm.__file__).resolve().parents[1]
+    paths = sweep_paths(charlm.SCRIPT, sweep_parser(charlm.SCRIPT).parse_args(["--quick"]))
+    assert not paths.out.resolve().is_relative_to(repo) and paths.profile.name == "quick"
+    train_out = charlm_run.make_cli().parse(["--quick"]).out
+    assert not Path(train_out).resolve().is_relative_to(repo)

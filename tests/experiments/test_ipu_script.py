@@ -6,6 +6,8 @@ import csv
 import io
 import json
 
+from pathlib import Path
+
 import pytest
 
 from experiments import ipu
@@ -80,9 +82,31 @@ def test_balancer_setup_keeps_the_family_global_batch():
     assert "no streaming memory" in s.assumed
 
 
-@pytest.mark.parametrize("argv, message", [(["--models", "bert-huge"], "--models: unknown ['bert-huge']"),
-                                           (["--systems", ","], "--systems: unknown empty list")])
-def test_bad_options_exit_2_naming_the_option(argv, message, capsys):
+@pytest.mark.parametrize("argv, message", [(["--models", "bert-huge"], "--model: unknown ['bert-huge']"),
+                                           (["--system", ","], "--system: unknown empty list"),
+                                           (["--out", "FILE"], "--out FILE: is a file")])
+def test_bad_options_exit_2_naming_the_option(tmp_path, argv, message, capsys):
+    (tmp_path / "FILE").write_text("kept")
     with pytest.raises(SystemExit) as stop:
-        ipu.parse(argv)
-    assert stop.value.code == 2 and message in capsys.readouterr().err
+        ipu.parse([a.replace("FILE", str(tmp_path / "FILE")) for a in argv])
+    assert stop.value.code == 2 and message.replace("FILE", str(tmp_path / "FILE")) in capsys.readouterr().err
+
+
+def test_quick_writes_outside_the_repository_by_default():
+    repo = Path(ipu.__file__).resolve().parents[1]
+    assert not Path(ipu.parse(["--quick"]).out).resolve().is_relative_to(repo)
+    args = ipu.parse(["--models", "gpt2-small", "--systems", "c600-x8"])  # the older spellings
+    assert (args.model, args.system, args.out) == (["gpt2-small"], ["c600-x8"], "results/ipu")
+
+
+def test_published_rows_take_the_recipes_per_ipu_memory_proportions():
+    setup = ipu.PUBLISHED["bert-large"]
+    assert setup.pipeline == (3, 7, 7, 7) and setup.amp == ((0.15, 0.25, 0.25, 0.25),)
+    assert ipu.PUBLISHED["gpt2-large"].pipeline == (0, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 2)
+
+
+def test_a_hand_written_changes_section_survives_regeneration(tmp_path):
+    (tmp_path / "README.md").write_text("# IPU table\n\nold table\n\n## Changes\n\nwhy the numbers moved\n")
+    notes = ipu.readme_notes(tmp_path / "README.md")
+    text = ipu.readme("python -m experiments.ipu", "| new table |", False, notes)
+    assert text.endswith("| new table |\n\n## Changes\n\nwhy the numbers moved\n") and "old table" not in text

@@ -62,6 +62,7 @@ COVER = [
     ("fp32", "static", False), ("bf16", "dynamic", True), ("fp16", "none", True), ("fp16", "dynamic", False),
     ("fp8", "none", True), ("fp8", "delayed", False), ("fp8", "current", True), ("fp8_fnuz", "current", False),
     ("umup_fp8", "delayed", True), ("mxfp8", "dynamic", False), ("mxfp6", "static", True), ("mxfp4", "none", False),
+    ("fp16_paper", "static", False),
 ]
 # Measured over the full matrix (8 steps each). Loss scaling multiplies gradients that unit scaling
 # already keeps near 1, so FP16 / E5M2 overflow until a dynamic scale has backed off. (FP16 unit-scaled
@@ -78,6 +79,9 @@ _LOST_AMAXES = ("delayed scaling's cold start in a 4-6-bit format (confirmed by 
 XFAILS = {
     ("fp16", "dynamic", True): "jmp's starting scale 2^15 times unit-scaled gradients overflows float16: 6 of the 8 "
                                "steps are skipped while the scale backs off",
+    ("fp16_paper", "dynamic", True): "jmp's starting scale 2^15 times unit-scaled gradients overflows float16: 4 of "
+                                     "the 8 steps are skipped while the scale backs off (the FP16 weights change "
+                                     "nothing in that)",
     ("fp8", "dynamic", True): _BACKS_OFF,
     ("fp8_fnuz", "dynamic", True): _BACKS_OFF,
     ("umup_fp8", "dynamic", True): _BACKS_OFF,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiments import scales
+from experiments.cli import SMOKE_TEST, run_main
 from unitscale.analysis import ScaleReport
 
 TINY = Path(__file__).parent / "data" / "tiny.txt"
@@ -47,7 +48,8 @@ def test_quick_run_writes_figures_records_and_summary(quick_gpt):
 
 def test_quick_run_prints_one_line_per_model_and_the_files(quick_gpt):
     out, summary, printed = quick_gpt
-    lines = printed.strip().splitlines()
+    smoke, *lines, last = printed.strip().splitlines()
+    assert smoke == last == SMOKE_TEST
     assert lines[0].startswith("standard    loss ") and lines[1].startswith("unit-scaled loss ")
     assert "median |log2 std|" in lines[0] and "FP16: " in lines[1]
     assert lines[2].startswith("wrote ") and str(out / "scales.png") in lines[2]
@@ -66,7 +68,7 @@ def test_unit_scaled_tensors_sit_nearer_scale_one(quick_gpt):
 
 def test_help_lists_the_options_with_defaults_and_quick_values():
     text = scales.make_parser().format_help()
-    for flag in ("--model", "--preset", "--quick", "--out", "--data", "--formats", "--tensor", "--stat"):
+    for flag in ("--model", "--size", "--preset", "--quick", "--out", "--data", "--formats", "--tensor", "--stat"):
         assert flag in text
     assert "(default: small; --quick: tiny)" in " ".join(text.split())
     with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(io.StringIO()):
@@ -79,7 +81,34 @@ def test_bad_options_exit_with_a_message(capsys):
         scales.parse(["--formats", "fp16,fp7"])
     assert exit_info.value.code == 2 and "--formats" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        scales.parse(["--preset", "huge"])
+        scales.parse(["--size", "huge"])
+    assert scales.parse(["--preset", "tiny"]).size == "tiny"  # the older spelling
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "FILE"], "--out FILE: is a file"),
+    (["--data", "no-such-corpus.txt"], "--data no-such-corpus.txt: no such file or directory"),
+])
+def test_a_bad_output_or_corpus_is_a_usage_error(tmp_path, capsys, argv, message):
+    (tmp_path / "FILE").write_text("kept")
+    with pytest.raises(SystemExit) as stop:
+        scales.main([a.replace("FILE", str(tmp_path / "FILE")) for a in argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message.replace("FILE", str(tmp_path / "FILE")) in err and err.count("\n") == 1
+    assert (tmp_path / "FILE").read_text() == "kept"
+
+
+def test_a_too_long_sequence_ends_in_one_line(tmp_path, capsys):
+    code = run_main(scales.main, ["--quick", "--data", str(TINY), "--seq-len", "4000", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--seq-len 4000: the training split of" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "o").exists()
+
+
+def test_quick_writes_outside_the_repository_by_default():
+    repo = Path(scales.__file__).resolve().parents[1]
+    assert not Path(scales.parse(["--quick"]).out).resolve().is_relative_to(repo)
+    assert scales.parse([]).out == "results/scales"
 
 
 def test_random_data_builds_both_model_families():

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from experiments import shift
+from experiments.sweep_cli import sweep_parser, sweep_paths
 from experiments.train_step import backward_shift, plain_value_and_grad
 
 SCRIPT = shift  # run by the fixtures of tests/experiments/conftest.py
@@ -70,8 +71,16 @@ def test_summarise_collects_without_running(sweep, run_script):
 
 
 def test_quick_never_writes_into_results():
-    assert not str(shift.QUICK_OUT).startswith("results")
-    assert shift.parser().parse_args(["--quick"]).out is None  # main picks QUICK_OUT
+    repo = Path(shift.__file__).resolve().parents[1]
+    paths = sweep_paths(shift.SCRIPT, sweep_parser(shift.SCRIPT).parse_args(["--quick"]))
+    assert not paths.out.resolve().is_relative_to(repo) and paths.profile.name == "quick"
+
+
+def test_the_usage_line_names_every_command(capsys):
+    with pytest.raises(SystemExit):
+        shift.main(["--help"])
+    text = capsys.readouterr().out
+    assert "usage: python -m experiments.shift [run | summarise | train]" in text and "--fresh" in text
 
 
 def test_a_profile_without_its_fp32_reference_is_refused(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import sweep
+from experiments import runner, sweep
 from experiments.results import read_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,12 +66,12 @@ def quiet(msg):
 # ---------------------------------------------------------------------------------------------
 
 def test_expand_grid_product_and_union():
-    configs = sweep.expand_grid(GRID)
+    configs = runner.expand_grid(GRID)
     assert len(configs) == 6 and configs[0] == {"lr": 0.1, "width": 8, "steps": 5}
     assert configs[-1] == {"lr": 0.01, "width": 32, "steps": 5}
-    union = sweep.expand_grid([{"a": [1, 2]}, {"a": 3, "b": ["x", "y"]}])
+    union = runner.expand_grid([{"a": [1, 2]}, {"a": 3, "b": ["x", "y"]}])
     assert union == [{"a": 1}, {"a": 2}, {"a": 3, "b": "x"}, {"a": 3, "b": "y"}]
-    assert sweep.expand_grid({"betas": [[0.9, 0.95]]}) == [{"betas": [0.9, 0.95]}]  # a list-valued setting
+    assert runner.expand_grid({"betas": [[0.9, 0.95]]}) == [{"betas": [0.9, 0.95]}]  # a list-valued setting
 
 
 @pytest.mark.parametrize("spec, error, match", [({"a": []}, ValueError, "empty"), (3, TypeError, "spec"),
@@ -79,37 +79,37 @@ def test_expand_grid_product_and_union():
                                                 ({1: [2]}, TypeError, "keys"), ([], ValueError, "no runs")])
 def test_expand_grid_rejects_bad_specs(spec, error, match):
     with pytest.raises(error, match=match):
-        sweep.expand_grid(spec)
+        runner.expand_grid(spec)
 
 
 def test_names_use_varying_keys_and_are_stable():
-    runs = sweep.name_runs(sweep.expand_grid(GRID))
+    runs = runner.name_runs(runner.expand_grid(GRID))
     assert [r.name for r in runs][:2] == ["lr=0.1,width=8", "lr=0.1,width=16"]
-    reordered = sweep.name_runs(sweep.expand_grid({"steps": 5, "width": [8, 16, 32], "lr": [0.1, 0.01]}))
+    reordered = runner.name_runs(runner.expand_grid({"steps": 5, "width": [8, 16, 32], "lr": [0.1, 0.01]}))
     assert {r.name: r.config for r in runs} == {r.name: r.config for r in reordered}
-    assert [r.name for r in sweep.name_runs([{"a": 1}])] == ["run"]
+    assert [r.name for r in runner.name_runs([{"a": 1}])] == ["run"]
 
 
 def test_names_unique_after_sanitising_and_duplicates_rejected():
-    runs = sweep.name_runs([{"opt": "adam/w"}, {"opt": "adam:w"}, {"opt": {"name": "sgd"}}])
+    runs = runner.name_runs([{"opt": "adam/w"}, {"opt": "adam:w"}, {"opt": {"name": "sgd"}}])
     names = [r.name for r in runs]
     assert len(set(names)) == 3 and all("/" not in n and ":" not in n for n in names)
-    assert names[0].startswith("opt=adam_w-") and names == [r.name for r in sweep.name_runs([r.config for r in runs])]
+    assert names[0].startswith("opt=adam_w-") and names == [r.name for r in runner.name_runs([r.config for r in runs])]
     with pytest.raises(ValueError, match="more than once"):
-        sweep.name_runs([{"a": 1, "b": 2}, {"b": 2, "a": 1}])
+        runner.name_runs([{"a": 1, "b": 2}, {"b": 2, "a": 1}])
     with pytest.raises(TypeError, match="JSON"):
-        sweep.name_runs([{"a": object()}])
+        runner.name_runs([{"a": object()}])
 
 
 def test_load_spec_toml_and_json(tmp_path):
     (tmp_path / "grid.toml").write_text('lr = [0.1, 0.01]\nwidth = [8, 16, 32]\nsteps = 5\n')
-    assert sweep.load_spec(tmp_path / "grid.toml") == GRID
+    assert runner.load_spec(tmp_path / "grid.toml") == GRID
     (tmp_path / "runs.toml").write_text('[[runs]]\na = 1\n\n[[runs]]\na = 2\nb = "x"\n')
-    assert sweep.load_spec(tmp_path / "runs.toml") == [{"a": 1}, {"a": 2, "b": "x"}]
+    assert runner.load_spec(tmp_path / "runs.toml") == [{"a": 1}, {"a": 2, "b": "x"}]
     (tmp_path / "grid.json").write_text(json.dumps(GRID))
-    assert sweep.load_spec(tmp_path / "grid.json") == GRID
+    assert runner.load_spec(tmp_path / "grid.json") == GRID
     with pytest.raises(ValueError, match="toml or .json"):
-        sweep.load_spec(tmp_path / "grid.yaml")
+        runner.load_spec(tmp_path / "grid.yaml")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def test_load_spec_toml_and_json(tmp_path):
 
 def test_failing_run_recorded_and_sweep_goes_on(tmp_path):
     calls, lines = [], []
-    report = sweep.run_sweep(GRID, recording_run_fn(calls), tmp_path, log=lines.append)
+    report = runner.run_sweep(GRID, recording_run_fn(calls), tmp_path, log=lines.append)
     assert report.total == 6 and len(calls) == 6
     assert report.failed == ("lr=0.01,width=16",) and len(report.completed) == 5 and not report.ok
     failed = tmp_path / "lr=0.01,width=16"
@@ -130,12 +130,12 @@ def test_failing_run_recorded_and_sweep_goes_on(tmp_path):
 
 
 def test_finished_runs_skipped_and_failed_retried(tmp_path):
-    sweep.run_sweep(GRID, recording_run_fn([]), tmp_path, log=quiet)
+    runner.run_sweep(GRID, recording_run_fn([]), tmp_path, log=quiet)
     calls = []
-    report = sweep.run_sweep(GRID, recording_run_fn(calls), tmp_path, log=quiet)
+    report = runner.run_sweep(GRID, recording_run_fn(calls), tmp_path, log=quiet)
     assert calls == ["lr=0.01,width=16"] and len(report.skipped) == 5
     calls.clear()
-    report = sweep.run_sweep(GRID, recording_run_fn(calls), tmp_path, retry_failed=False, log=quiet)
+    report = runner.run_sweep(GRID, recording_run_fn(calls), tmp_path, retry_failed=False, log=quiet)
     assert calls == [] and len(report.skipped) == 6
 
 
@@ -149,16 +149,16 @@ def test_interrupted_sweep_resumes_without_rerunning(tmp_path):
         return {"ok": True}
 
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(GRID, interrupted, tmp_path, log=quiet)
+        runner.run_sweep(GRID, interrupted, tmp_path, log=quiet)
     fourth = tmp_path / "lr=0.01,width=8"
     assert not (fourth / "result.json").exists() and not (fourth / "error.txt").exists()
     finished = {d: (tmp_path / d / "result.json").read_bytes() for d in calls}
     rerun = []
-    report = sweep.run_sweep(GRID, recording_run_fn(rerun), tmp_path, log=quiet)
+    report = runner.run_sweep(GRID, recording_run_fn(rerun), tmp_path, log=quiet)
     assert set(rerun).isdisjoint(finished) and len(rerun) == 3 and report.skipped == tuple(calls)
     assert all((tmp_path / d / "result.json").read_bytes() == b for d, b in finished.items())
     assert all((tmp_path / r.name / "result.json").exists() or r.name in report.failed
-               for r in sweep.name_runs(sweep.expand_grid(GRID)))
+               for r in runner.name_runs(runner.expand_grid(GRID)))
 
 
 def test_killed_sweep_process_restarts_losing_no_finished_run(tmp_path, worker_module):
@@ -191,7 +191,7 @@ def test_killed_sweep_process_restarts_losing_no_finished_run(tmp_path, worker_m
 
 def test_parallel_workers_each_run_in_a_fresh_process(tmp_path, worker_module):
     lines = []
-    report = sweep.run_sweep(GRID, f"{worker_module}:run", tmp_path, workers=2, log=lines.append)
+    report = runner.run_sweep(GRID, f"{worker_module}:run", tmp_path, workers=2, log=lines.append)
     assert len(report.completed) == 5 and report.failed == ("lr=0.01,width=16",)
     pids = {(tmp_path / r / "calls").read_text() for r in report.completed + report.failed}
     assert len(pids) == 6 and str(os.getpid()) not in pids
@@ -199,20 +199,20 @@ def test_parallel_workers_each_run_in_a_fresh_process(tmp_path, worker_module):
 
 
 def test_dead_worker_recorded_and_sweep_goes_on(tmp_path, worker_module):
-    report = sweep.run_sweep(GRID, f"{worker_module}:run_or_die", tmp_path, workers=2, log=quiet)
+    report = runner.run_sweep(GRID, f"{worker_module}:run_or_die", tmp_path, workers=2, log=quiet)
     assert "lr=0.1,width=8" in report.failed
     assert "worker process" in (tmp_path / "lr=0.1,width=8" / "error.txt").read_text()
     assert len(report.completed) + len(report.failed) == 6 and len(report.completed) >= 4
-    rerun = sweep.run_sweep(GRID, f"{worker_module}:ok", tmp_path, workers=2, log=quiet)
+    rerun = runner.run_sweep(GRID, f"{worker_module}:ok", tmp_path, workers=2, log=quiet)
     assert rerun.ok and len(list(tmp_path.glob("*/result.json"))) == 6
 
 
 def test_bad_run_fn_and_workers_rejected(tmp_path):
     with pytest.raises(TypeError, match="module-level"):
-        sweep.run_sweep(GRID, lambda c, d: {}, tmp_path, workers=2, log=quiet)
+        runner.run_sweep(GRID, lambda c, d: {}, tmp_path, workers=2, log=quiet)
     with pytest.raises(ValueError, match="workers"):
-        sweep.run_sweep(GRID, "x:y", tmp_path, workers=0, log=quiet)
-    report = sweep.run_sweep({"a": 1}, lambda c, d: 3.0, tmp_path, log=quiet)
+        runner.run_sweep(GRID, "x:y", tmp_path, workers=0, log=quiet)
+    report = runner.run_sweep({"a": 1}, lambda c, d: 3.0, tmp_path, log=quiet)
     assert report.failed == ("run",) and "must return a dict" in (tmp_path / "run" / "error.txt").read_text()
 
 
@@ -221,8 +221,8 @@ def test_bad_run_fn_and_workers_rejected(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def test_summarise_writes_csv_table(tmp_path):
-    sweep.run_sweep(GRID, recording_run_fn([]), tmp_path, log=quiet)
-    rows = sweep.summarise(tmp_path)
+    runner.run_sweep(GRID, recording_run_fn([]), tmp_path, log=quiet)
+    rows = runner.summarise(tmp_path)
     assert len(rows) == 6
     with open(tmp_path / "summary.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -232,7 +232,7 @@ def test_summarise_writes_csv_table(tmp_path):
     assert by_run["lr=0.01,width=16"]["status"] == "failed"
     assert by_run["lr=0.01,width=16"]["error"] == "RuntimeError: diverged"
     with pytest.raises(ValueError, match="out_dir"):
-        sweep.summarise(tmp_path / "missing")
+        runner.summarise(tmp_path / "missing")
 
 
 def test_cli_help_and_list(tmp_path, capsys):
@@ -242,3 +242,45 @@ def test_cli_help_and_list(tmp_path, capsys):
     (tmp_path / "grid.json").write_text(json.dumps(GRID))
     assert sweep.main(["list", str(tmp_path / "grid.json")]) == 0
     assert capsys.readouterr().out.splitlines()[0] == 'lr=0.1,width=8\t{"lr": 0.1, "width": 8, "steps": 5}'
+
+
+@pytest.mark.parametrize("spec_text, name, message", [
+    ("lr = [0.1, 0.01\nwidth = 8\n", "spec.toml", "is not valid TOML"),  # a bracket left open
+    ('{"lr": [0.1,', "spec.json", "is not valid JSON"),
+    ("lr = []\n", "spec.toml", "is an empty list, which gives no runs"),
+    (None, "missing.toml", "missing.toml is not a file"),
+])
+def test_a_malformed_spec_ends_in_one_line_and_exit_2(tmp_path, capsys, spec_text, name, message):
+    spec = tmp_path / name
+    if spec_text is not None:
+        spec.write_text(spec_text)
+    for argv in (["run", str(spec), "--fn", "experiments.gpt:run", "--out", str(tmp_path / "out")],
+                 ["list", str(spec)]):
+        assert sweep.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: spec") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, message", [("--fn", "--fn no_such_module:run: No module named"),
+                                             ("--out", "is a file")])
+def test_a_bad_run_function_or_output_ends_in_one_line_before_any_run(tmp_path, capsys, option, message):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(GRID))
+    (tmp_path / "file").write_text("")
+    values = {"--fn": "experiments.gpt:run", "--out": str(tmp_path / "out")}
+    values[option] = {"--fn": "no_such_module:run", "--out": str(tmp_path / "file")}[option]
+    assert sweep.main(["run", str(spec), *[x for kv in values.items() for x in kv]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists() and (tmp_path / "file").read_text() == ""
+
+
+def test_fresh_runs_the_spec_again_from_the_start(tmp_path, worker_module, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"lr": 0.1, "width": [8, 32]}))
+    argv = ["run", str(spec), "--fn", f"{worker_module}:ok", "--out", str(tmp_path / "out")]
+    assert sweep.main(argv) == 0 and sweep.main(argv) == 0
+    assert "2 runs, 2 already done, 0 to run" in capsys.readouterr().out
+    assert sweep.main([*argv, "--fresh"]) == 0
+    assert "2 runs, 0 already done, 2 to run" in capsys.readouterr().out

@@ -539,7 +539,8 @@ def test_the_cli_chooses_the_ipu_system_and_keeps_the_old_chip_option(capsys):
     assert cli.train_config(cli.parse(["--ipu-system", "bow-pod16"])).ipu_system == "bow-pod16"
     assert cli.train_config(cli.parse(["--ipu-chip", "gc200"])).ipu_system == "gc200-ipu"
     assert cli.train_config(cli.parse_dict({"ipu_system": "c600"})).ipu_system == "c600"
-    assert "--ipu-system SYSTEM, --ipu-chip SYSTEM" in cli.parser.format_help()
+    assert cli.train_config(cli.parse(["--system", "c600"])).ipu_system == "c600"
+    assert "--system SYSTEM, --ipu-system SYSTEM, --ipu-chip SYSTEM" in cli.parser.format_help()
     with pytest.raises(SystemExit) as bad:
         cli.parse(["--ipu-system", "tpu-v4"])
     assert bad.value.code == 2

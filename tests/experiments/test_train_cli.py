@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from experiments.checkpoint import CheckpointError
-from experiments.cli import EXIT_DIVERGED, EXIT_UNUSABLE, ExperimentCLI, run_main, run_train
+from experiments.cli import EXIT_DIVERGED, EXIT_UNUSABLE, SMOKE_TEST, ExperimentCLI, run_main, run_train
+from experiments.inputs import InputError
 from experiments.optimizers import OptimizerConfig, decay_mask, learning_rate_schedule, make_optimizer
 from experiments.train import NonFiniteLossError, TrainConfig, TrainingInterrupted, TrainResult
 
@@ -35,7 +36,7 @@ def test_defaults_come_from_the_script_then_from_train_config():
     config = cli.train_config(args)
     assert config.steps == 5000 and config.out_dir == "results/test"
     assert config.batch_size == TrainConfig().batch_size and config.optimizer == OptimizerConfig()
-    assert (args.width, args.heads, args.precision, args.loss_scale, args.unit_scaled) == (256, 4, "fp32", "none", True)
+    assert (args.width, args.heads, args.precision, args.scaling, args.unit_scaled) == (256, 4, "fp32", "none", True)
     assert config.resume and config.progress and config.ipu_estimate and config.data_parallel is None
 
 
@@ -75,17 +76,22 @@ def test_help_lists_defaults_and_quick_values(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for expected in ("--quick", "--out", "--steps", "(default: 5000; --quick: 40)", "model width (default: 256; "
                      "--quick: 32)", "--lr", "--optimizer {adamw,adam,sgd,lamb}", "--precision", "--loss-scale",
-                     "--standard", "--devices", "--distributed", "--fresh"):
+                     "--standard", "--devices", "--distributed", "--fresh", "--scaling", "--system", "--data"):
         assert expected in text, expected
 
 
-def test_a_bad_value_exits_with_a_message_naming_it(capsys):
+def test_a_bad_value_raises_an_input_error_naming_it():
     cli = make_cli()
-    args = cli.parse(["--lr", "-1"])
-    with pytest.raises(SystemExit) as done:
-        cli.train_config(args)
-    assert done.value.code == 2
-    assert "lr must be > 0.0, got -1.0" in capsys.readouterr().err
+    with pytest.raises(InputError, match="lr must be > 0.0, got -1.0"):
+        cli.train_config(cli.parse(["--lr", "-1"]))
+
+
+def test_old_option_names_stay_aliases():
+    cli = make_cli()
+    args = cli.parse(["--loss-scale", "dynamic", "--ipu-system", "bow-pod16"])
+    assert (args.scaling, args.system) == ("dynamic", "bow-pod16")
+    args = cli.parse_dict({"loss_scale": "static", "ipu_system": "c600"})
+    assert (args.scaling, cli.train_config(args).ipu_system) == ("static", "c600")
 
 
 def test_script_defaults_must_name_shared_options():
@@ -114,7 +120,9 @@ def test_run_train_fits_the_resolved_options_and_prints_the_summary(capsys):
     result = run_train(make_cli(), ["--width", "64", "--quick"], resolve=_resolve_width, fit=fit,
                        summary=lambda r: f"final loss {r.final['loss']} after {r.step} steps")
     assert fitted == [(64, 64 / 1e5, 40)] and result.step == 40
-    assert capsys.readouterr().out == "final loss 1.5 after 40 steps\n"
+    first, summary, last = capsys.readouterr().out.splitlines()
+    assert summary == "final loss 1.5 after 40 steps"
+    assert first == SMOKE_TEST and last.startswith(SMOKE_TEST) and last.endswith("Output in results/test.")
 
 
 def test_run_train_reports_a_resolve_error_as_a_usage_error(capsys):
@@ -125,7 +133,27 @@ def test_run_train_reports_a_resolve_error_as_a_usage_error(capsys):
         run_train(make_cli(), ["--width", "30", "--heads", "4"], resolve=_resolve_width, fit=fit, summary=str)
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: prog") and "prog: error: --width 30 is not a multiple of --heads 4" in err
+    assert err == "prog: error: --width 30 is not a multiple of --heads 4 (--help lists the options)\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "FILE"], "--out FILE: is a file; give a directory"),
+    (["--out", "FILE/run"], "--out FILE/run: lies under FILE, which is a file"),
+    (["--data", "no-such-corpus.txt"], "--data no-such-corpus.txt: no such file or directory"),
+    (["--lr", "-1"], "lr must be > 0.0, got -1.0"),
+])
+def test_run_train_reports_a_bad_input_as_a_usage_error_and_touches_nothing(tmp_path, capsys, argv, message):
+    (tmp_path / "FILE").write_text("kept")
+    argv = [a.replace("FILE", str(tmp_path / "FILE")) for a in argv]
+
+    def fit(args, config):
+        raise AssertionError("fit must not run after a usage error")
+
+    with pytest.raises(SystemExit) as stop:
+        run_train(make_cli(), argv, resolve=lambda cli, args: (args, cli.train_config(args)), fit=fit, summary=str)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message.replace("FILE", str(tmp_path / "FILE")) in err
+    assert err.count("\n") == 1 and (tmp_path / "FILE").read_text() == "kept"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +165,7 @@ def test_run_train_reports_a_resolve_error_as_a_usage_error(capsys):
     (TrainingInterrupted(5, Path("ckpt/5"), "SIGTERM"), 143),
     (NonFiniteLossError("loss became NaN", 5, Path("ckpt/5")), EXIT_DIVERGED),
     (CheckpointError("checkpoint ckpt/5 is corrupt"), EXIT_UNUSABLE),
+    (InputError("--seq-len 4096: the training split of x has 100 tokens"), EXIT_UNUSABLE),
 ])
 def test_run_main_turns_expected_stops_into_exit_codes(error, code, capsys):
     def main(argv):

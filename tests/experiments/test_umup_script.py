@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from experiments import umup
-from experiments.sweep import expand_grid, load_spec, name_runs
+from experiments.cli import run_main
+from experiments.runner import expand_grid, load_spec, name_runs
 from experiments.train import NonFiniteLossError, TrainingInterrupted
 from unitscale.formats import BF16, E4M3, E5M2
 
@@ -143,9 +144,11 @@ def test_sweep_resumes_without_rerunning_and_analyses_only(sweep):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         again = umup.main(argv)
-        umup.main([*argv, "--analyse-only"])
+        analysed = umup.main(["summarise", *argv])
+        umup.main([*argv, "--analyse-only"])  # the older spelling of summarise
     assert "2 runs, 2 already done, 0 to run" in printed.getvalue()
-    assert again == summary
+    assert printed.getvalue().count("already done") == 1  # summarise runs nothing
+    assert again == summary and analysed == summary
 
 
 # The shapes of a run of the sweep above, so that building the model reuses its compiled ops.
@@ -174,3 +177,21 @@ def test_an_interrupted_run_keeps_its_checkpoint_to_resume(tmp_path, monkeypatch
     with pytest.raises(TrainingInterrupted):
         umup.run(_RUN, tmp_path / "run")
     assert checkpoint.is_dir()
+
+
+@pytest.mark.parametrize("spec_text, message", [("[[runs]\nwidth = 16\n", "is not valid TOML"),
+                                                ("[[runs]]\nparametrisation = 'mup'\nwidth = 16\nlog2_lr = 0\n",
+                                                 "parametrisation must be one of")])
+def test_a_malformed_spec_ends_in_one_line_before_any_run(tmp_path, capsys, spec_text, message):
+    (tmp_path / "spec.toml").write_text(spec_text)
+    code = run_main(umup.main, ["--spec", str(tmp_path / "spec.toml"), "--runs", str(tmp_path / "runs"),
+                                "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.strip().count("\n") == 0 and not (tmp_path / "runs").exists()
+
+
+def test_quick_writes_outside_the_repository_by_default():
+    repo = Path(umup.__file__).resolve().parents[1]
+    assert not umup.QUICK_OUT.resolve().is_relative_to(repo)
+    text = umup.make_parser().format_help()
+    assert "usage: python -m experiments.umup [run | summarise]" in text and "--fresh" in text
