@@ -22,9 +22,11 @@ Per run: the test bits per character with their 95% interval, and the fraction o
 activation-gradient values that the format flushed to zero: exact zeros of the activation gradients
 (:func:`unitscale.analysis.track_model_scales` on one validation batch, at the run's shift and loss
 scale) in excess of those of the same trained weights in float32, over the tensors the two programs
-share (size-weighted). Per variant and shift: the mean over seeds with a t-interval. A variant is
-*degraded* at a shift when its interval lies wholly above its FP32 reference's, and *matches* when
-the two intervals overlap.
+share (size-weighted). Per variant and shift: the mean over seeds with a t-interval, and the paired
+difference from its FP32 reference (variant minus reference, seed by seed: the same seed means the
+same initialisation and data order, so the seeds' own spread cancels) with a t-interval over seeds.
+A variant is *degraded* at a shift when the interval of that difference lies wholly above 0, *better*
+when wholly below, and *consistent* with FP32 when it contains 0.
 
 Outputs in ``--out``: ``runs.csv`` (one row per run), ``summary.json`` (cells, verdicts, the FP32
 check) and ``shift.png`` (test bpc and flushed fraction against k). One run (``train``) is a char-LM run
@@ -190,26 +192,52 @@ def _interval(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float, int]:
     return mean, ci, len(done)
 
 
+def paired_difference(mine: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]]
+                      ) -> tuple[float, float, int]:
+    """Test bpc of a variant minus its reference's, seed by seed (the same seed: the same initialisation
+    and data order), and the 95% half-width: a t-interval over seeds when two or more pairs completed,
+    else the two runs' window intervals combined (test-set noise only); ``(nan, nan, 0)`` if none."""
+    ref = {r["seed"]: r for r in reference if r["status"] == "completed"}
+    pairs = [(r, ref[r["seed"]]) for r in mine if r["status"] == "completed" and r["seed"] in ref]
+    if not pairs:
+        return math.nan, math.nan, 0
+    diffs = [a["test_bits"] - b["test_bits"] for a, b in pairs]
+    if len(pairs) == 1:
+        a, b = pairs[0]
+        return diffs[0], math.hypot(a["test_bits_ci95"], b["test_bits_ci95"]), 1
+    mean, ci = seed_mean_ci(diffs)
+    return mean, ci, len(pairs)
+
+
+def verdict(difference: float, ci: float, diverged: int, pairs: int) -> str:
+    """``degraded`` / ``better`` when the interval of the difference lies wholly above / below 0,
+    ``consistent`` when it contains 0; ``diverged`` or ``missing`` when no pair completed."""
+    if pairs == 0:
+        return "diverged" if diverged else "missing"
+    return "degraded" if difference - ci > 0 else "better" if difference + ci < 0 else "consistent"
+
+
 def cells(rows: Sequence[Mapping[str, Any]], profile: Profile) -> list[dict]:
-    """Per variant and shift: mean test bpc with its interval, runs, diverged runs, mean flushed
-    fraction, and the verdict against its FP32 reference at shift 0 (``degraded``, ``matches``,
-    ``better``, or ``diverged``/``missing``)."""
+    """Per variant and shift: mean test bpc with its interval over seeds, runs, diverged runs, mean flushed
+    fraction, the paired difference from its FP32 reference at shift 0 (same seeds) with its interval, and
+    the :func:`verdict` of that difference; ``seeds`` maps each completed seed to its test bpc."""
     out = []
     for variant in profile.variants:
         reference = REFERENCES[VARIANTS[variant].parametrisation]
-        ref_mean, ref_ci, _ = _interval([r for r in rows if r["variant"] == reference and r["shift"] == 0])
+        ref_rows = [r for r in rows if r["variant"] == reference and r["shift"] == 0]
         for k in profile.fp32_shifts if variant.startswith("fp32") else profile.shifts:
             mine = [r for r in rows if r["variant"] == variant and r["shift"] == k]
             mean, ci, n = _interval(mine)
-            flushed = [r["flushed"] for r in mine if r["status"] == "completed"]
-            verdict = ("diverged" if any(r["status"] == "diverged" for r in mine) else
-                       "missing" if n == 0 else
-                       "degraded" if mean - ci > ref_mean + ref_ci else
-                       "better" if mean + ci < ref_mean - ref_ci else "matches")
-            out.append({"variant": variant, "label": VARIANTS[variant].label, "reference": reference,
-                        "shift": k, "test_bits": mean,
-                        "test_bits_ci95": ci, "runs": n, "diverged": sum(r["status"] == "diverged" for r in mine),
-                        "flushed": float(np.mean(flushed)) if flushed else math.nan, "verdict": verdict})
+            diff, diff_ci, pairs = paired_difference(mine, ref_rows)
+            diverged = sum(r["status"] == "diverged" for r in mine)
+            done = [r for r in mine if r["status"] == "completed"]
+            out.append({"variant": variant, "label": VARIANTS[variant].label, "reference": reference, "shift": k,
+                        "test_bits": mean, "test_bits_ci95": ci, "runs": n, "diverged": diverged,
+                        "seeds": {str(r["seed"]): r["test_bits"] for r in done},
+                        "seeds_ci95": {str(r["seed"]): r["test_bits_ci95"] for r in done},
+                        "difference": diff, "difference_ci95": diff_ci, "pairs": pairs,
+                        "flushed": float(np.mean([r["flushed"] for r in done])) if done else math.nan,
+                        "verdict": verdict(diff, diff_ci, diverged, pairs)})
     return out
 
 

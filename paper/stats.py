@@ -16,7 +16,7 @@ a sentence can never say more than its numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from scipy.stats import t as student_t
@@ -119,6 +119,27 @@ def difference(a: Sample, b: Sample) -> Difference:
         return Difference(d, None, None)
     hw = math.hypot(a.half_width, b.half_width)
     return Difference(d, d - hw, d + hw, "evaluation")
+
+
+def paired_difference(a: Mapping[str, float], b: Mapping[str, float], a_ci: Mapping[str, float] | None = None,
+                      b_ci: Mapping[str, float] | None = None) -> Difference:
+    """``a - b`` over the seeds both completed (``a`` and ``b`` map seed to value): the mean of the
+    per-seed differences with its t-interval (two or more pairs; the same seed shares initialisation
+    and data, so the seeds' own spread cancels), or for a single pair the root-sum-square of the two
+    runs' half-widths ``a_ci``/``b_ci`` when given."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        side = "both" if not (a or b) else "a" if not a else "b" if not b else "both"
+        return Difference(math.nan, None, None, None, side)
+    diffs = Sample.of(a[s] - b[s] for s in shared)
+    if diffs.kind == "seeds":
+        hw = diffs.half_width
+        return Difference(diffs.mean, diffs.mean - hw, diffs.mean + hw, "seeds")
+    (seed,) = shared
+    if a_ci is None or b_ci is None or seed not in a_ci or seed not in b_ci:
+        return Difference(diffs.mean, None, None)
+    hw = math.hypot(a_ci[seed], b_ci[seed])
+    return Difference(diffs.mean, diffs.mean - hw, diffs.mean + hw, "evaluation")
 
 
 # Outcomes of a claim against the numbers.

@@ -88,10 +88,10 @@ def shift_paragraph(facts: Mapping) -> str:
     shown = facts["shown_at"]
     if shown:
         return (f"With the backward pass shifted by 2^-k, FP16 standard without loss scaling is degraded beyond "
-                f"its interval at k in {shown} while loss scaling and unit scaling match FP32 there: the paper's "
-                "central finding holds once gradients are as small as larger runs make them.")
+                f"its interval at k in {shown} while loss scaling and unit scaling are consistent with FP32 "
+                "there: the paper's central finding holds once gradients are as small as larger runs make them.")
     return ("No backward shift showed FP16 standard without loss scaling degraded while loss scaling and unit "
-            "scaling matched FP32: the paper's central finding is not shown by this experiment.")
+            "scaling were consistent with FP32: the paper's central finding is not shown by this experiment.")
 
 
 PARAGRAPHS = {

@@ -3,9 +3,10 @@
 
 Reads ``summary.json``: ``profile`` (``train`` options, ``variants``, ``shifts``, ``fp32_shifts``,
 ``seeds``), ``cells`` (per variant and shift: ``label``, ``reference``, ``test_bits``,
-``test_bits_ci95``, ``runs``, ``diverged``, ``flushed``), ``fp32_check`` (``max_difference_bits``) and
-``problems``; and the figure ``shift.png``. Every judgement is made here from the means and
-intervals, not read from the file.
+``test_bits_ci95``, ``runs``, ``diverged``, ``flushed``, and per seed ``seeds`` (test bpc) and
+``seeds_ci95`` (its evaluation half-width)), ``fp32_check`` (``max_difference_bits``) and ``problems``;
+and the figure ``shift.png``. Every judgement is made here from the per-seed values, not read from
+the file.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from paper.files import ResultError, get, read_json
 from paper.grid import settings_text
 from paper.markdown import caption, figure, table
 from paper.section import Context, Section
+from paper.stats import direction, paired_difference
 
 KEY, TITLE = "shift", "The paper's FP16 regime and smaller gradients"
 CELL_KEYS = {"variant": str, "label": str, "reference": str, "shift": int, "test_bits": float,
-             "test_bits_ci95": float, "runs": int, "diverged": int, "flushed": float}
+             "test_bits_ci95": float, "runs": int, "diverged": int, "flushed": float, "seeds": dict,
+             "seeds_ci95": dict}
 FP16_PLAIN = "fp16-standard"
 RESCUERS = ("fp16-standard-static", "fp16-standard-dynamic", "fp16-unit")
 
@@ -41,9 +44,10 @@ SHIFT = (
     "gradient starts at 2^-k; the parameter gradients are multiplied by 2^k again in float32 before "
     "the optimiser), so every gradient of the low-precision backward pass is 2^k times smaller. A "
     "float32 backward pass is unchanged by the shift but for values below float32's normal range; "
-    "each variant is compared with the FP32 model of its parametrisation at shift 0. A variant is "
-    "*degraded* at a shift when its 95% interval lies wholly above its reference's, and *matches* "
-    "when the intervals overlap.")
+    "each variant is compared with the FP32 model of its parametrisation at shift 0, seed by seed (the "
+    "same seed: the same initialisation and data order, so the seeds' own spread cancels). A variant "
+    "is *degraded* at a shift when the 95% t-interval of that paired difference lies wholly above 0, "
+    "*better* when wholly below, and *consistent* with FP32 when it contains 0.")
 
 
 def load(ctx: Context) -> dict:
@@ -62,13 +66,13 @@ def load(ctx: Context) -> dict:
 
 
 def verdict(cell: dict, reference: dict) -> str:
-    """``degraded`` / ``better`` when the intervals are disjoint, ``matches`` when they overlap."""
+    """``degraded`` / ``better`` when the paired difference's interval lies wholly above / below 0,
+    ``consistent`` when it contains 0 (``undetermined`` without an interval)."""
     if cell["runs"] == 0:
         return "diverged" if cell["diverged"] else "missing"
-    low, high = cell["test_bits"] - cell["test_bits_ci95"], cell["test_bits"] + cell["test_bits_ci95"]
-    ref_low = reference["test_bits"] - reference["test_bits_ci95"]
-    ref_high = reference["test_bits"] + reference["test_bits_ci95"]
-    return "degraded" if low > ref_high else "better" if high < ref_low else "matches"
+    d = paired_difference(cell["seeds"], reference["seeds"], cell["seeds_ci95"], reference["seeds_ci95"])
+    return {"higher": "degraded", "lower": "better", "indistinguishable": "consistent"}.get(direction(d),
+                                                                                           "undetermined")
 
 
 def judged(cells: list[dict]) -> dict[tuple[str, int], str]:
@@ -79,10 +83,11 @@ def judged(cells: list[dict]) -> dict[tuple[str, int], str]:
 
 
 def shown_at(verdicts: dict[tuple[str, int], str], shifts: list[int]) -> list[int]:
-    """The shifts at which plain FP16 is degraded while every rescuer present matches its reference."""
+    """The shifts at which plain FP16 is degraded while every rescuer present is consistent with its
+    reference."""
     present = [v for v in RESCUERS if any(key[0] == v for key in verdicts)]
     return [k for k in shifts if verdicts.get((FP16_PLAIN, k)) == "degraded"
-            and present and all(verdicts.get((v, k)) == "matches" for v in present)]
+            and present and all(verdicts.get((v, k)) == "consistent" for v in present)]
 
 
 def _cell_text(cell: dict, outcome: str) -> str:
@@ -107,18 +112,18 @@ def render(ctx: Context, data: dict) -> Section:
     ctx.copy_figure(data["base"] / "shift.png", "shift.png")
     shown = shown_at(verdicts, shifts)
     conclusion = (f"At shift k = {shown[0]} (and {len(shown)} shift(s) in all: {shown}) FP16 standard without "
-                  "loss scaling is degraded beyond its interval, while static and dynamic loss scaling and "
-                  "the unit-scaled model without loss scaling match their FP32 references: the paper's "
+                  "loss scaling is degraded beyond its interval, while loss scaling and the unit-scaled model "
+                  "without loss scaling are consistent with their FP32 references: the paper's "
                   "central finding, shown with gradients 2^k smaller." if shown else
                   "At no shift is FP16 standard without loss scaling degraded beyond its interval while loss "
-                  "scaling and unit scaling match their FP32 references: the paper's central finding is not "
+                  "scaling and unit scaling are consistent with their FP32 references: the paper's central finding is not "
                   "shown here.")
     body = [
         REGIME,
         SHIFT,
         caption("Table 6", "Test bits per character against the backward shift k (mean ± 95% interval "
                 f"over seeds {list(profile.get('seeds', []))}; ▲ degraded, ▼ better than the FP32 reference "
-                "of the same parametrisation; FP32 rows ran at shifts "
+                "of the same parametrisation, judged by the paired difference; FP32 rows ran at shifts "
                 f"{list(profile.get('fp32_shifts', []))} and stand for every k, their largest difference "
                 f"between shifts {data['fp32']:.2g} bpc). Source: `{ctx.rel(data['base'] / 'summary.json')}`.",
                 ctx.quick),

@@ -59,7 +59,7 @@ def test_the_sweep_writes_runs_summary_and_figure(sweep):
     assert summary["fp32_check"]["max_difference_bits"] < 1e-4
     assert cells[("fp32-standard", 0)]["flushed"] == 0.0
     assert cells[("fp16-standard", 20)]["flushed"] > 0.5  # most of its backward pass flushed to zero
-    assert cells[("fp16-standard", 20)]["verdict"] == "degraded"
+    assert cells[("fp16-standard", 20)]["verdict"] == "degraded"  # one seed: the window intervals
     assert "FP16 standard, no loss scaling" in printed and "[degraded]" in printed
 
 
@@ -90,15 +90,30 @@ def test_a_profile_without_its_fp32_reference_is_refused(tmp_path):
         shift.load_profile(spec, "t")
 
 
-def test_the_verdict_compares_intervals_with_the_reference():
-    profile = shift.Profile("t", {}, ("fp32-standard", "fp16-standard"), (3,), (0,), (0, 1))
-    rows = [{"variant": "fp32-standard", "shift": 0, "seed": s, "status": "completed", "test_bits": 2.00 + s * 0.01,
-             "test_bits_ci95": 0.0, "flushed": 0.0} for s in (0, 1)]
-    for bits, verdict in ((2.50, "degraded"), (2.005, "matches"), (1.5, "better")):
-        fp16 = [{"variant": "fp16-standard", "shift": 3, "seed": s, "status": "completed", "test_bits": bits + s * 0.01,
-                 "test_bits_ci95": 0.0, "flushed": 0.1} for s in (0, 1)]
-        cells = {c["variant"]: c for c in shift.cells(rows + fp16, profile)}
-        assert cells["fp16-standard"]["verdict"] == verdict, bits
+def _rows(variant, shift_k, bits, ci=0.0):
+    return [{"variant": variant, "shift": shift_k, "seed": s, "status": "completed", "test_bits": b,
+             "test_bits_ci95": ci, "flushed": 0.0} for s, b in enumerate(bits)]
+
+
+def test_the_verdict_is_the_paired_difference_from_the_reference_seed_by_seed():
+    profile = shift.Profile("t", {}, ("fp32-standard", "fp16-standard"), (3,), (0,), (0, 1, 2))
+    reference = [2.00, 2.05, 1.96]  # seeds differ by more than the effects below
+    for offsets, verdict in (((0.051, 0.048, 0.050), "degraded"), ((0.010, -0.012, 0.003), "consistent"),
+                             ((-0.049, -0.052, -0.050), "better")):
+        fp16 = _rows("fp16-standard", 3, [r + o for r, o in zip(reference, offsets)])
+        cells = {c["variant"]: c for c in shift.cells(_rows("fp32-standard", 0, reference) + fp16, profile)}
+        cell = cells["fp16-standard"]
+        assert cell["verdict"] == verdict, offsets
+        assert cell["pairs"] == 3 and cell["difference"] == pytest.approx(sum(offsets) / 3)
+        # unpaired, the seeds' spread would hide a 0.05 bpc effect: the mean's interval is wider than it
+        assert cell["test_bits_ci95"] > 0.05
+
+
+def test_a_single_pair_combines_the_two_runs_window_intervals():
+    profile = shift.Profile("t", {}, ("fp32-standard", "fp16-standard"), (3,), (0,), (0,))
+    rows = _rows("fp32-standard", 0, [2.00], ci=0.03) + _rows("fp16-standard", 3, [2.05], ci=0.04)
+    cell = {c["variant"]: c for c in shift.cells(rows, profile)}["fp16-standard"]
+    assert cell["difference_ci95"] == pytest.approx(0.05) and cell["verdict"] == "consistent"
 
 
 def test_backward_shift_scales_the_backward_pass_and_restores_the_gradients():

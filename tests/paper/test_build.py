@@ -135,13 +135,20 @@ SHIFT_BPC = {("fp32-standard", 0): 2.00, ("fp32-standard", 12): 2.00, ("fp32-uni
              ("fp16-standard-static", 12): 2.02, ("fp16-unit", 0): 2.11, ("fp16-unit", 12): 2.11}
 
 
+def _seeds(variant: str, bpc: float) -> dict[str, float]:
+    """Two seeds whose paired differences from FP32 spread by 0.02 (a t-interval of +-0.127)."""
+    spread = 0.01 if variant.startswith("fp32") else 0.02
+    return {"0": bpc - spread, "1": bpc + spread}
+
+
 def _shift(root: Path, bpc=SHIFT_BPC):
     labels = {"fp32-standard": "FP32 standard", "fp32-unit": "FP32 unit-scaled",
               "fp16-standard": "FP16 standard, no loss scaling", "fp16-standard-static": "FP16 standard, static",
               "fp16-unit": "FP16 unit-scaled, no loss scaling"}
     cells = [dict(variant=v, label=labels[v], reference="fp32-unit" if "unit" in v else "fp32-standard", shift=k,
                   test_bits=b, test_bits_ci95=0.03, runs=2, diverged=0, flushed=0.4 if b > 2.5 else 0.001,
-                  verdict="fixture") for (v, k), b in bpc.items()]
+                  seeds=_seeds(v, b), seeds_ci95={"0": 0.02, "1": 0.02}, verdict="fixture")
+             for (v, k), b in bpc.items()]
     profile = {"name": "full", "train": {"steps": 500}, "variants": list(labels), "shifts": [0, 12],
                "fp32_shifts": [0, 12], "seeds": [0, 1]}
     _json(root / "shift" / "summary.json", {"profile": profile, "cells": cells, "problems": [],
@@ -412,3 +419,16 @@ def test_shift_section_says_when_the_finding_is_not_shown(tmp_path):
     paper = (tmp_path / "paper.md").read_text()
     assert "the paper's central finding is not shown here" in paper
     assert "| FP16 unit-scaled, no loss scaling | 2.110 ± 0.030 | 2.300 ± 0.030 ▲ |" in paper
+
+
+def test_the_shift_verdict_pairs_seeds_so_their_spread_cancels():
+    from paper.sections.shift import verdict
+    reference = {"runs": 3, "diverged": 0, "seeds": {"0": 2.00, "1": 2.05, "2": 1.96}, "seeds_ci95": {}}
+    shifted = {s: b + 0.05 for s, b in reference["seeds"].items()}
+    shifted["1"] += 0.002
+    cell = {"runs": 3, "diverged": 0, "seeds": shifted, "seeds_ci95": {}}
+    assert verdict(cell, reference) == "degraded"  # unpaired, the 0.045 bpc seed spread would hide it
+    cell["seeds"] = {s: b + (0.01 if s == "0" else -0.01) for s, b in reference["seeds"].items()}
+    assert verdict(cell, reference) == "consistent"
+    one = {"runs": 1, "diverged": 0, "seeds": {"0": 2.04}, "seeds_ci95": {"0": 0.03}}
+    assert verdict(one, {**reference, "seeds_ci95": {"0": 0.04}}) == "consistent"  # 0.04 < hypot(0.03, 0.04)
