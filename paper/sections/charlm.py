@@ -106,6 +106,17 @@ def column_of(options: dict) -> tuple[str, str, str, float]:
             options["loss_scale"], float(options.get("attn_softmax_mult", 1.0)))
 
 
+def regime_note(cols: list[str], variants: dict) -> str:
+    """Which of the table's FP16 columns run the paper's own FP16 regime, if any does."""
+    regime = ("The paper's FP16 is its own regime (weights and Adam's first moment stored in FP16, stochastic "
+              "rounding, the loss scale on the backward pass only)")
+    if any(column_of(variants[v]["options"])[0] == "fp16_paper" for v in cols):
+        return (f"{regime}: the \"FP16 stored\" columns, beside which the paper's FP16 numbers stand; the other "
+                "FP16 columns are mixed precision (float32 master weights and optimiser state).")
+    return (f"{regime}; these results have no run of it, so the paper's FP16 numbers have no column here, and "
+            "the FP16 columns are mixed precision (float32 master weights and optimiser state).")
+
+
 def uses_sharp_softmax(options: dict) -> bool:
     """Whether a variant sets an attention softmax multiplier other than the default 1."""
     return column_of(options)[3] != 1.0
@@ -178,10 +189,7 @@ def render(ctx: Context, data: dict) -> Section:
         "and evaluated on the test split in bits per character (bpc). The original paper's numbers "
         f"({reference.CITATION}; {reference.SETUP}) stand in brackets where it reports the same cell; "
         "its models, data and budget are larger, so absolute values are not comparable, only the "
-        "differences between columns. The paper's FP16 is its own regime (weights and Adam's first moment "
-        "stored in FP16, stochastic rounding, the loss scale on the backward pass only): the \"FP16 "
-        "stored\" columns, beside which the paper's FP16 numbers stand; the other FP16 columns are mixed "
-        "precision (float32 master weights and optimiser state).",
+        "differences between columns. " + regime_note(cols, variants),
         caption("Table 1", "Test bits per character: mean ± 95% CI over seeds (n completed runs); a "
                 "cell of one run shows that run's CI from its evaluation windows (test-set noise only); "
                 "\"diverged\": runs whose loss went non-finite, left out of the mean. The paper's "

@@ -34,8 +34,8 @@ REGIME = (
     "`Storage` of the parameters and Adam moments in a format, every store rounded nearest or "
     "stochastically from a seeded key carried in the optimiser state, as the preset `fp16_paper` "
     "with the recipe `static-backward` (tested bit for bit against a NumPy reference of Adam steps, "
-    "unbiased under stochastic rounding, resumed bit-identically). Its columns in Table 1 are "
-    "marked \"FP16 stored\".")
+    "unbiased under stochastic rounding, resumed bit-identically). Its runs in the char-LM and BERT "
+    "grids (variants `fp16p-*`) are labelled \"FP16 stored\".")
 
 SHIFT = (
     "At these budgets the gradients of an FP16 backward pass are still large, so FP16 without loss "

@@ -432,3 +432,11 @@ def test_the_shift_verdict_pairs_seeds_so_their_spread_cancels():
     assert verdict(cell, reference) == "consistent"
     one = {"runs": 1, "diverged": 0, "seeds": {"0": 2.04}, "seeds_ci95": {"0": 0.03}}
     assert verdict(one, {**reference, "seeds_ci95": {"0": 0.04}}) == "consistent"  # 0.04 < hypot(0.03, 0.04)
+
+
+def test_table_1_says_when_no_run_has_the_papers_fp16_regime(tmp_path):
+    from paper.sections.charlm import regime_note
+    mixed = {"fp16-standard": {"options": {"precision": "fp16", "unit_scaled": False, "loss_scale": "none"}}}
+    assert "have no run of it" in regime_note(["fp16-standard"], mixed)
+    stored = {"fp16p-standard": {"options": {"precision": "fp16_paper", "unit_scaled": False, "loss_scale": "none"}}}
+    assert "the \"FP16 stored\" columns" in regime_note(["fp16p-standard"], stored)
