@@ -253,27 +253,34 @@ def fp32_check(rows: Sequence[Mapping[str, Any]]) -> dict:
 
 
 def plot(cell_rows: Sequence[Mapping[str, Any]], profile: Profile, path: Path) -> Path:
-    """Test bpc (with intervals) and flushed fraction against the shift, one line per variant."""
-    fig = figure(7.5, 7.0, layout=None)
-    top, bottom = fig.subplots(2, 1, sharex=True)
+    """Against the shift, one line per variant: test bpc with its interval over seeds (top), the paired
+    difference from the FP32 reference with its interval (middle; symmetric log scale, so that 0.03 bpc
+    and 3 bpc both show) and the flushed fraction (bottom)."""
+    fig = figure(7.5, 9.5, layout=None)
+    top, middle, bottom = fig.subplots(3, 1, sharex=True)
     for variant in profile.variants:
+        colour, label = VARIANTS[variant].colour, VARIANTS[variant].label
         if variant.startswith("fp32"):
             ref = next((c for c in cell_rows if c["variant"] == variant and c["shift"] == 0 and c["runs"]), None)
             if ref is not None:
                 top.axhspan(ref["test_bits"] - ref["test_bits_ci95"], ref["test_bits"] + ref["test_bits_ci95"],
-                            color=VARIANTS[variant].colour, alpha=0.15, label=f"{ref['label']} (any shift)")
+                            color=colour, alpha=0.15, label=f"{ref['label']} (any shift)")
             continue
         mine = sorted((c for c in cell_rows if c["variant"] == variant and c["runs"]), key=lambda c: c["shift"])
-        colour = VARIANTS[variant].colour
-        top.errorbar([c["shift"] for c in mine], [c["test_bits"] for c in mine],
-                     yerr=[c["test_bits_ci95"] for c in mine], color=colour, marker="o", ms=4, capsize=3,
-                     label=VARIANTS[variant].label)
-        bottom.plot([c["shift"] for c in mine], [100 * c["flushed"] for c in mine], color=colour, marker="o", ms=4)
+        k = [c["shift"] for c in mine]
+        top.errorbar(k, [c["test_bits"] for c in mine], yerr=[c["test_bits_ci95"] for c in mine], color=colour,
+                     marker="o", ms=4, capsize=3, label=label)
+        middle.errorbar(k, [c["difference"] for c in mine], yerr=[c["difference_ci95"] for c in mine],
+                        color=colour, marker="o", ms=4, capsize=3)
+        bottom.plot(k, [100 * c["flushed"] for c in mine], color=colour, marker="o", ms=4)
     top.set_ylabel("test bits per character")
     top.legend(fontsize=7, loc="upper left")
+    middle.axhline(0.0, color="black", lw=0.8)
+    middle.set_yscale("symlog", linthresh=0.01)
+    middle.set_ylabel("minus FP32, seed by seed\n(bpc, symmetric log)")
     bottom.set_ylabel("activation-gradient values\nflushed to zero (%)")
     bottom.set_xlabel("backward shift k (backward pass x 2^-k)")
-    for ax in (top, bottom):
+    for ax in (top, middle, bottom):
         ax.grid(alpha=0.3)
     fig.suptitle(f"Gradient shift, profile {profile.name}: seeds {list(profile.seeds)}", fontsize=10)
     fig.tight_layout()

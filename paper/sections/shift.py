@@ -133,8 +133,9 @@ def render(ctx: Context, data: dict) -> Section:
                 "validation batch, mean over seeds).", ctx.quick),
         table(["variant", *(f"k = {k}" for k in shifts)], flushed, "l" + "r" * len(shifts)),
         figure(ctx.link("shift.png"), "test bpc and flushed fraction against the backward shift", "Figure 6",
-               "Test bits per character (top; shaded: the FP32 references' intervals) and flushed "
-               "activation-gradient values (bottom) against the backward shift k.", ctx.quick),
+               "Test bits per character (top; shaded: the FP32 references' intervals), its paired "
+               "difference from the FP32 reference with its interval (middle, symmetric log scale) and "
+               "flushed activation-gradient values (bottom) against the backward shift k.", ctx.quick),
         conclusion,
     ]
     if data["problems"]:
