@@ -25,6 +25,7 @@ import functools
 import math
 import numbers
 import types
+from collections.abc import Mapping
 from typing import Literal
 
 import jax
@@ -291,6 +292,19 @@ def format_from_name(name: str) -> FPFormat:
     except KeyError:
         valid = ", ".join(alias for aliases in _NAMED for alias in aliases)
         raise ValueError(f"name={name!r} is not a known format; valid names: {valid}") from None
+
+
+def as_format(value: object, name: str) -> FPFormat | None:
+    """``value`` as a format: an :class:`FPFormat` or None as it is, a name through
+    :func:`format_from_name`, a mapping as ``FPFormat(**value)``; TypeError naming argument ``name``
+    otherwise (policies and storages accept all three spellings, e.g. from JSON)."""
+    if value is None or isinstance(value, FPFormat):
+        return value
+    if isinstance(value, str):
+        return format_from_name(value)
+    if isinstance(value, Mapping):
+        return FPFormat(**value)
+    raise TypeError(f"{name} must be an FPFormat, a format name or None, got {type(value).__name__}")
 
 
 # --- quantisation -----------------------------------------------------------------------------

@@ -250,3 +250,13 @@ def test_bad_arguments_raise_naming_the_argument(args, kwargs, error, message):
 
 def test_numpy_integers_are_accepted():
     assert FPFormat(np.int64(4), np.int32(3), bias=np.int8(7)) == FPFormat(4, 3)
+
+
+def test_as_format_accepts_a_format_a_name_a_mapping_or_none_and_names_the_argument():
+    from unitscale.formats import E4M3, as_format
+
+    assert as_format(E4M3, "fmt") is E4M3 and as_format(None, "fmt") is None
+    assert as_format("e4m3", "fmt") == E4M3
+    assert as_format(dataclasses.asdict(E4M3), "fmt") == E4M3
+    with pytest.raises(TypeError, match="^weights must be an FPFormat"):
+        as_format(8, "weights")

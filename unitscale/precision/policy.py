@@ -61,16 +61,6 @@ def _dtype_name(value: object, name: str) -> str:
     return dtype_name
 
 
-def _format(value: object, name: str) -> FPFormat | None:
-    if value is None or isinstance(value, FPFormat):
-        return value
-    if isinstance(value, str):
-        return F.format_from_name(value)
-    if isinstance(value, Mapping):
-        return FPFormat(**value)
-    raise TypeError(f"{name} must be an FPFormat, a format name or None, got {type(value).__name__}")
-
-
 def _int(value: object, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -127,7 +117,7 @@ class PrecisionPolicy:
         set_ = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731
         set_("compute_dtype", _dtype_name(self.compute_dtype, "compute_dtype"))
         for field in ("matmul_fwd", "matmul_bwd", "keep_format"):
-            set_(field, _format(getattr(self, field), field))
+            set_(field, F.as_format(getattr(self, field), field))
         roles = (self.keep_roles,) if isinstance(self.keep_roles, str) else self.keep_roles
         if not all(isinstance(r, str) and r for r in roles):
             raise TypeError(f"keep_roles must be a sequence of role names, got {self.keep_roles!r}")

@@ -28,7 +28,6 @@ format's grid, which is what a checkpoint stores. Use::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -45,16 +44,6 @@ ROUNDINGS: tuple[str, ...] = ("nearest", "stochastic")
 _FIELDS = ("params", "first_moment", "second_moment")
 
 
-def _format(value: object, name: str) -> FPFormat | None:
-    if value is None or isinstance(value, FPFormat):
-        return value
-    if isinstance(value, str):
-        return F.format_from_name(value)
-    if isinstance(value, Mapping):
-        return FPFormat(**value)
-    raise TypeError(f"{name} must be an FPFormat, a format name or None, got {type(value).__name__}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Storage:
     """Formats in which the training state is stored (None: float32) and how stores round."""
@@ -66,7 +55,7 @@ class Storage:
 
     def __post_init__(self):
         for name in _FIELDS:
-            object.__setattr__(self, name, _format(getattr(self, name), name))
+            object.__setattr__(self, name, F.as_format(getattr(self, name), name))
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
 
