@@ -129,7 +129,7 @@ def paired_difference(a: Mapping[str, float], b: Mapping[str, float], a_ci: Mapp
     runs' half-widths ``a_ci``/``b_ci`` when given."""
     shared = sorted(set(a) & set(b))
     if not shared:
-        side = "both" if not (a or b) else "a" if not a else "b" if not b else "both"
+        side = "a" if b and not a else "b" if a and not b else "both"
         return Difference(math.nan, None, None, None, side)
     diffs = Sample.of(a[s] - b[s] for s in shared)
     if diffs.kind == "seeds":

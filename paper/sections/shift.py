@@ -116,8 +116,8 @@ def render(ctx: Context, data: dict) -> Section:
                   "without loss scaling are consistent with their FP32 references: the paper's "
                   "central finding, shown with gradients 2^k smaller." if shown else
                   "At no shift is FP16 standard without loss scaling degraded beyond its interval while loss "
-                  "scaling and unit scaling are consistent with their FP32 references: the paper's central finding is not "
-                  "shown here.")
+                  "scaling and unit scaling are consistent with their FP32 references: the paper's central "
+                  "finding is not shown here.")
     body = [
         REGIME,
         SHIFT,
