@@ -52,7 +52,7 @@ from experiments.stages import (RunRecord, as_list, clear_stage, collect, load_s
                                 run_stage)
 from experiments.sweep_cli import SweepPaths, SweepScript, report, sweep_script_main
 from experiments.tables import aggregate, final_columns, format_cell, run_rows
-from experiments.variants import VARIANTS, check_variants
+from experiments.variants import VARIANTS, check_variants, in_table_order
 
 SPEC_PATH = Path(__file__).parent / "sweeps" / "charlm.toml"
 
@@ -226,7 +226,7 @@ def sweep_main(args: argparse.Namespace, paths: SweepPaths, run_stages: bool) ->
         ok &= run_stage(paths.runs / "grid", configs, SCRIPT.run_fn, workers=args.workers, variants=paths.variants,
                         log=log)
     records = collect(paths.runs / "grid", configs)
-    variants = list(dict.fromkeys(c["variant"] for c in configs))
+    variants = in_table_order(c["variant"] for c in configs)
     results = write_outputs(paths.out, experiment="charlm", profile=profile, records=records, lr_rows=lr_rows,
                             rates=rates, variants=variants)
     return report(results, paths.out, heading=f"\nlearning rates: {dumps(results['learning_rates'])}",

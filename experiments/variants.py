@@ -89,6 +89,13 @@ def _parse_table(text: str) -> dict[str, Variant]:
 VARIANTS: Mapping[str, Variant] = _parse_table(_TABLE)
 
 
+def in_table_order(names: Any) -> list[str]:
+    """The distinct variants of ``names`` in :data:`VARIANTS`' order (a table's columns), whatever order a
+    spec lists them in (a sweep's order is the order it runs them)."""
+    chosen = set(names)
+    return [v for v in VARIANTS if v in chosen]
+
+
 def check_variants(names: Any, where: str) -> None:
     """InputError naming ``where`` unless every name of ``names`` (one name or a list) is a variant."""
     unknown = sorted(set(names if isinstance(names, (list, tuple)) else [names]) - set(VARIANTS))

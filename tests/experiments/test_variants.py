@@ -6,7 +6,7 @@ import pytest
 
 from experiments.charlm_run import make_cli
 from experiments.inputs import InputError
-from experiments.variants import VARIANTS, apply_variant, check_variants, numerics
+from experiments.variants import VARIANTS, apply_variant, check_variants, in_table_order, numerics
 
 
 def test_variants_map_to_the_precision_recipes():
@@ -31,6 +31,13 @@ def test_results_json_records_a_variant_as_it_always_has():
     assert json.dumps(VARIANTS["fp8-unit-attn32"].record()["options"]) == (
         '{"precision": "fp8", "loss_scale": "none", "unit_scaled": true, "attn_softmax_mult": 32.0}')
     assert len(VARIANTS) == 16 and len({v.colour for v in VARIANTS.values()}) == 16
+
+
+def test_table_order_is_the_variant_tables_whatever_the_spec_order():
+    """A sweep lists variants in the order it runs them; a table's columns keep one order."""
+    listed = ["fp16p-unit", "fp8-standard", "fp32-standard", "fp16p-unit", "fp32-unit"]
+    assert in_table_order(listed) == ["fp32-standard", "fp32-unit", "fp8-standard", "fp16p-unit"]
+    assert in_table_order(reversed(VARIANTS)) == list(VARIANTS)
 
 
 def test_unknown_variants_and_bad_numerics_are_input_errors():
