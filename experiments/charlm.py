@@ -155,7 +155,8 @@ SCHEMA = {
                  "window interval), runs, completed, diverged, diverged_at_steps, unavailable, seeds, values",
     "table.md": "the test-split table: rows mixer / norm, columns variants",
     "lr_sweep.csv": "one row per learning-rate run: parametrisation, lr, status and final metrics",
-    "results.json": "{experiment, profile, settings (options shared by all runs), variants (name -> label, "
+    "results.json": "{experiment, profile, settings (options shared by all runs), row_settings (\"mixer/norm\" -> "
+                    "the options whose value differs for that row's runs), variants (name -> label, "
                     "options), learning_rates (chosen per parametrisation), lr_sweep (rows), runs (rows of "
                     "runs.csv), table (rows of table.csv), problems ([{run, status, problem}]), ci (how intervals "
                     "are computed), schema}",
@@ -169,7 +170,23 @@ CURVE_FIGURES: Mapping[str, tuple[str, ...]] = {
              "fp16-unit"),
     "fp8": ("fp32-standard", "fp8-standard", "fp8-standard-delayed", "fp32-unit", "fp8-unit"),
     "attn32": ("fp32-standard", "fp32-unit", "fp32-unit-attn32", "fp16-unit-attn32", "fp8-unit-attn32"),
+    "fp16_paper": ("fp32-standard", "fp16p-standard", "fp16p-standard-static", "fp32-unit", "fp16p-unit"),
 }
+
+
+def row_settings(configs: Sequence[Mapping[str, Any]], shared: Mapping[str, Any]) -> dict[str, dict]:
+    """Per model row (``"mixer/norm"``), the options its runs all set to other values than ``shared``
+    (a grid table's ``train`` overrides, e.g. a larger model and budget for one row)."""
+    rows: dict[str, list[Mapping[str, Any]]] = {}
+    for c in configs:
+        rows.setdefault(f"{c['mixer']}/{c['norm']}", []).append(c)
+    out = {}
+    for row, runs in rows.items():
+        differ = {k: runs[0][k] for k in shared if runs[0].get(k, shared[k]) != shared[k]}
+        common = {k: v for k, v in differ.items() if all(r.get(k) == v for r in runs)}
+        if common:
+            out[row] = common
+    return out
 
 
 def write_outputs(out: Path, *, experiment: str, profile: Profile, records: Sequence[RunRecord],
@@ -187,6 +204,7 @@ def write_outputs(out: Path, *, experiment: str, profile: Profile, records: Sequ
                                               "diverged_at_step": r.result.get("diverged_at_step"),
                                               **r.result.get("curves", {})} for r in records if r.result})
     results = {"experiment": experiment, "profile": profile.name, "settings": profile.train,
+               "row_settings": row_settings([r.config for r in records], profile.train),
                "variants": {v: VARIANTS[v].record() for v in variants},
                "learning_rates": rates, "lr_sweep": lr_rows, "runs": rows, "table": table, "problems": problems,
                "ci": ci_note(), "schema": SCHEMA}

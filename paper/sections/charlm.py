@@ -2,7 +2,7 @@
 placement) and by variant (precision x parametrisation x loss scaling), beside the original
 paper's numbers (``results/charlm/``, made by ``python -m experiments.charlm``).
 
-Reads ``results.json`` (``profile``, ``settings``, ``variants`` {name: {label, options}},
+Reads ``results.json`` (``profile``, ``settings``, ``row_settings`` (optional), ``variants`` {name: {label, options}},
 ``learning_rates``, ``table`` rows per (mixer, norm, variant, split) with the completed runs'
 ``values``, ``diverged`` count and ``ci95`` / ``ci_kind``, and ``problems``) and ``curves.json``
 (per run: ``config``, ``status``, ``diverged_at_step``, ``val`` {step, bits}). The schema is the
@@ -64,6 +64,7 @@ def load(ctx: Context) -> dict:
     return {"variants": variants, "rows": rows, "profile": get(data, "profile", path, str),
             "settings": get(data, "settings", path, dict),
             "learning_rates": get(data, "learning_rates", path, dict),
+            "row_settings": get(data, "row_settings", path, dict, {}),
             "problems": get(data, "problems", path, list),
             "curves": load_curves(base / "curves.json"), "base": base}
 
@@ -210,8 +211,10 @@ def render(ctx: Context, data: dict) -> Section:
                     "result (missing, failed or malformed); their cells are short of seeds or empty. "
                     "See `problems` in the source file.")
     rates = ", ".join(f"{k} {v:g}" for k, v in data["learning_rates"].items())
+    rows = "".join(f"; {model_name(*row.split('/'))} instead: {settings_text(options)}"
+                   for row, options in data["row_settings"].items())
     setup = (f"Character-level LMs (`{ctx.rel(data['base'])}`, profile {data['profile']}): "
-             f"{settings_text(data['settings'])}; peak learning rates {rates} (chosen by an FP32 sweep).",)
+             f"{settings_text(data['settings'])}{rows}; peak learning rates {rates} (chosen by an FP32 sweep).",)
     facts = {"findings": judged, "quick": data["profile"] == "quick"}
     return Section(KEY, TITLE, "\n\n".join(body), setup, facts)
 

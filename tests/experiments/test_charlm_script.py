@@ -188,6 +188,17 @@ def test_full_spec_has_the_papers_grid():
     assert charlm.load_profile(charlm.SPEC_PATH, "quick").train["steps"] < profile.train["steps"]
 
 
+def test_row_settings_name_the_budget_a_row_has_of_its_own():
+    profile = charlm.load_profile(charlm.SPEC_PATH, "full")
+    rows = charlm.row_settings(charlm.grid_configs(profile, {"standard": 1e-3, "unit": 1e-2}), profile.train)
+    assert list(rows) == ["attention/pre"]
+    assert {k: rows["attention/pre"][k] for k in ("d_model", "depth", "seq_len", "steps")} == {
+        "d_model": 128, "depth": 8, "seq_len": 256, "steps": 2000}
+    # An option the row's runs disagree on is not the row's.
+    mixed = [{"mixer": "conv", "norm": "pre", "steps": s, "depth": 2} for s in (10, 20)]
+    assert charlm.row_settings(mixed, {"steps": 10, "depth": 4}) == {"conv/pre": {"depth": 2}}
+
+
 @pytest.mark.parametrize("edit, message", [
     ("[[t.grid]]\nvariant = ['fp64']\nmixer = ['attention']\nnorm = ['pre']\nseed = [0]\n", "unknown variants"),
     ("[[t.grid]]\nvariant = ['fp32-unit']\nmixer = ['attention']\n", "exactly the keys"),

@@ -61,6 +61,7 @@ def _charlm(root: Path):
     table[-1].update(ci95=0.02, ci_kind="tokens")
     _json(root / "charlm" / "results.json",
           {"experiment": "charlm", "profile": "full", "settings": {"steps": 100, "d_model": 32},
+           "row_settings": {"attention/pre": {"steps": 400, "d_model": 128}},
            "variants": _variants(CHARLM_BPC), "learning_rates": {"standard": 0.003, "unit": 0.03},
            "table": table, "problems": [], "runs": []})
     _json(root / "charlm" / "curves.json", _curves(CHARLM_BPC, mixer="attention", norm="pre"))
@@ -204,6 +205,7 @@ def test_tables_hold_the_fixture_numbers(complete):
     assert f"{2 ** -1.75:.3g} (-1.75) / 2.000" in text  # u-muP optimum at width 64
     assert "steps 100" in text and "python -m experiments.umup" in text  # setup from the configs
     assert "standard 0.003, unit 0.03" in text
+    assert "d_model 32, steps 100; attention pre-norm instead: d_model 128, steps 400" in text  # a row's budget
 
 
 def test_discussion_words_follow_the_intervals(complete):
