@@ -39,6 +39,7 @@ from jax.typing import ArrayLike
 from unitscale import op_args, standard
 from unitscale.constraints import ConstraintLike, apply_constraint
 from unitscale.scale import scale, scale_bwd, scale_fwd
+from unitscale.grouped_conv import grouped_conv1d
 from unitscale.softmax_attention import softmax_attention
 
 __all__ = [
@@ -698,11 +699,9 @@ def conv1d(
     out_s, in_s = apply_constraint(constraint, fan_in**-0.5, fan_out**-0.5)
     w_s = max(n * out_seq, 1) ** -0.5
     x = scale_bwd(input, in_s).reshape(n, seq, in_channels)
-    out = jax.lax.conv_general_dilated(
-        x, scale_bwd(weight, w_s), window_strides=(stride,), padding=[(lo, hi)],
-        rhs_dilation=(dilation,), dimension_numbers=("NWC", "WIO", "NWC"),
-        feature_group_count=groups,
-        preferred_element_type=op_args.compute_dtype(jnp.result_type(input, weight)),
+    out = grouped_conv1d(
+        x, scale_bwd(weight, w_s), stride=stride, padding=(lo, hi), dilation=dilation, groups=groups,
+        accumulate=op_args.compute_dtype(jnp.result_type(input, weight)),
     )
     if bias is not None:
         out = out + scale_bwd(op_args.upcast(bias), w_s)

@@ -35,6 +35,7 @@ from jax.typing import ArrayLike
 
 from unitscale import op_args
 from unitscale.constraints import ConstraintLike
+from unitscale.grouped_conv import grouped_conv1d
 from unitscale.softmax_attention import softmax_attention
 
 __all__ = [
@@ -379,10 +380,9 @@ def conv1d(
     input, weight, bias, shape = op_args.conv1d_args(input, weight, bias, stride, padding, dilation, groups)
     op_args.check_constraint(constraint)
     dtype = jnp.result_type(input, weight)
-    out = jax.lax.conv_general_dilated(
-        input.reshape(-1, shape.seq, shape.in_channels), weight, window_strides=(stride,),
-        padding=[shape.padding], rhs_dilation=(dilation,), dimension_numbers=("NWC", "WIO", "NWC"),
-        feature_group_count=groups, preferred_element_type=op_args.compute_dtype(dtype),
+    out = grouped_conv1d(
+        input.reshape(-1, shape.seq, shape.in_channels), weight, stride=stride, padding=shape.padding,
+        dilation=dilation, groups=groups, accumulate=op_args.compute_dtype(dtype),
     )
     if bias is not None:
         out = out + bias.astype(out.dtype)
