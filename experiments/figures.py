@@ -81,7 +81,9 @@ def plot_loss_curves(records: Sequence[RunRecord], variants: Sequence[str], path
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=7)
+    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]  # a panel's runs may all be missing
+    if drawn:
+        drawn[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=120)
     return path

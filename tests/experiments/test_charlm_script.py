@@ -75,8 +75,9 @@ def test_sweep_runs_both_stages_and_writes_the_documented_files(sweep):
     for name in (*charlm.SCHEMA, *PLOTS):
         assert (out / name).is_file(), name
     results = read_json(out / "results.json")
-    assert set(results) == {"experiment", "profile", "settings", "variants", "learning_rates", "lr_sweep", "runs",
-                            "table", "problems", "ci", "schema"}
+    assert set(results) == {"experiment", "profile", "settings", "row_settings", "variants", "learning_rates",
+                            "lr_sweep", "runs", "table", "problems", "ci", "schema"}
+    assert results["row_settings"] == {}  # every row at the profile's settings
     assert results["learning_rates"] == {"standard": 3e-3, "unit": 3e-2} and results["problems"] == []
     assert [r["status"] for r in results["lr_sweep"]] == ["completed"] * 2
     runs = results["runs"]
