@@ -26,9 +26,12 @@ import importlib
 import itertools
 import json
 import multiprocessing
+import os
 import pickle
 import re
 import shutil
+import signal
+import threading
 import time
 import tomllib
 import traceback
@@ -274,7 +277,8 @@ def _run_parallel(todo: list[Run], run_fn: RunFn, out_dir: Path, metadata: dict,
     queue = list(reversed(todo))
     context = multiprocessing.get_context("spawn")
     while queue:
-        with cf.ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
+        with cf.ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1,
+                                    initializer=_stop_with_parent, initargs=(os.getpid(),)) as pool:
             in_flight: dict[cf.Future, Run] = {}
             broken = False
             while queue or in_flight:
@@ -297,6 +301,19 @@ def _run_parallel(todo: list[Run], run_fn: RunFn, out_dir: Path, metadata: dict,
 
 
 _DIED = "worker process died"
+
+
+def _stop_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Pool initializer: when the sweep process is gone (killed, even by SIGKILL, so it could not stop
+    its workers), the worker sends itself SIGTERM; a training run then checkpoints and stops at its
+    next step. Without this the worker ran on unowned, and a restarted sweep started the same run
+    again: two processes writing one run directory."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
 def _outcome(future: cf.Future, run_dir: Path) -> tuple[str, float, str]:

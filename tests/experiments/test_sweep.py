@@ -189,6 +189,38 @@ def test_killed_sweep_process_restarts_losing_no_finished_run(tmp_path, worker_m
     assert len(list(out.glob("*/result.json"))) == 5 and (out / "lr=0.01,width=16" / "error.txt").exists()
 
 
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an orphan's zombie may wait for a reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_workers_of_a_killed_sweep_stop_instead_of_running_on(tmp_path, worker_module):
+    spec = tmp_path / "spec.toml"
+    spec.write_text('lr = [0.1]\nwidth = [8, 32]\nsleep = 600.0\n')
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    cmd = [sys.executable, "-m", "experiments.sweep", "run", str(spec), "--fn", f"{worker_module}:run",
+           "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("*/calls"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [int(p.read_text()) for p in out.glob("*/calls")]
+        assert len(workers) == 2 and all(_running(pid) for pid in workers)
+    finally:
+        proc.kill()  # SIGKILL: the sweep process cannot tell its workers
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in workers)
+
+
 def test_parallel_workers_each_run_in_a_fresh_process(tmp_path, worker_module):
     lines = []
     report = runner.run_sweep(GRID, f"{worker_module}:run", tmp_path, workers=2, log=lines.append)
