@@ -136,6 +136,7 @@ def plot_mlm_curves(stages: Mapping[str, Sequence[RunRecord]], path: Path) -> Pa
         acc_ax.set(title=f"{stage}: validation MLM accuracy", xlabel="step", ylabel="accuracy")
         for ax in (loss_ax, acc_ax):
             ax.grid(alpha=0.3)
-        loss_ax.legend(fontsize=7)
+        if loss_ax.get_legend_handles_labels()[0]:  # a stage's runs may all be missing
+            loss_ax.legend(fontsize=7)
     fig.savefig(path, dpi=120)
     return path

@@ -500,9 +500,12 @@ def test_a_truncated_metrics_file_gives_a_clear_error(reference, tmp_path):
 
 def test_a_torn_record_after_the_last_checkpoint_is_dropped_on_resume(reference, tmp_path):
     out = copy_run(reference[0], tmp_path / "run")
+    shutil.rmtree(out / "checkpoints" / "24")  # the run stopped after step 20's checkpoint ...
+    (out / "result.json").unlink()
     with open(out / "metrics.jsonl", "ab") as f:
-        f.write(b'{"kind": "train", "step": 2')  # a crash mid-append
+        f.write(b'{"kind": "train", "step": 2')  # ... and crashed mid-append
     result = run(out, steps=24)
+    assert (out / "metrics.jsonl").read_bytes().endswith(b"}\n")  # the torn record is gone from the file
     assert records(out) == records(reference[0])
     assert result.final["val"] == {**reference[1].final["val"]}
 
