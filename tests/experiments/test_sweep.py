@@ -161,13 +161,20 @@ def test_interrupted_sweep_resumes_without_rerunning(tmp_path):
                for r in runner.name_runs(runner.expand_grid(GRID)))
 
 
-def test_killed_sweep_process_restarts_losing_no_finished_run(tmp_path, worker_module):
+def sweep_command(tmp_path: Path, worker_module: str, spec_text: str, *options: str) -> tuple[list, dict, Path]:
+    """The command line of ``experiments.sweep run`` over ``spec_text`` with ``worker_module:run``, its
+    environment (the worker module importable) and its output directory."""
     spec = tmp_path / "spec.toml"
-    spec.write_text('lr = [0.1, 0.01]\nwidth = [8, 16, 32]\nsleep = 0.4\n')
+    spec.write_text(spec_text)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     cmd = [sys.executable, "-m", "experiments.sweep", "run", str(spec), "--fn", f"{worker_module}:run",
-           "--out", str(out)]
+           "--out", str(out), *options]
+    return cmd, env, out
+
+
+def test_killed_sweep_process_restarts_losing_no_finished_run(tmp_path, worker_module):
+    cmd, env, out = sweep_command(tmp_path, worker_module, 'lr = [0.1, 0.01]\nwidth = [8, 16, 32]\nsleep = 0.4\n')
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -199,12 +206,8 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
 def test_workers_of_a_killed_sweep_stop_instead_of_running_on(tmp_path, worker_module):
-    spec = tmp_path / "spec.toml"
-    spec.write_text('lr = [0.1]\nwidth = [8, 32]\nsleep = 600.0\n')
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    cmd = [sys.executable, "-m", "experiments.sweep", "run", str(spec), "--fn", f"{worker_module}:run",
-           "--out", str(out), "--workers", "2"]
+    cmd, env, out = sweep_command(tmp_path, worker_module, 'lr = [0.1]\nwidth = [8, 32]\nsleep = 600.0\n',
+                                  "--workers", "2")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
