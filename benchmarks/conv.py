@@ -14,16 +14,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from unitscale.grouped_conv import grouped_conv1d
+from unitscale.grouped_conv import grouped_conv1d, lax_conv1d
 
 # (batch, seq, channels, kernel): the char-LM grid's small rows, and the paper's model.
 SHAPES = ((8, 128, 64, 7), (16, 256, 128, 7))
-
-
-def _lax_grouped(x, w, *, stride, padding, dilation, groups, accumulate):
-    return jax.lax.conv_general_dilated(
-        x, w, window_strides=(stride,), padding=[padding], rhs_dilation=(dilation,),
-        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups, preferred_element_type=accumulate)
 
 
 def forward_backward(conv, shape: tuple[int, int, int, int], dtype):
@@ -59,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     for shape in SHAPES:
         for dtype in (jnp.float32, jnp.float16):
             steps = {"shifted": forward_backward(grouped_conv1d, shape, dtype),
-                     "lax": forward_backward(_lax_grouped, shape, dtype)}
+                     "lax": forward_backward(lax_conv1d, shape, dtype)}
             ms = median_ms(steps, args.rounds, args.reps)
             print(f"  batch {shape[0]}, seq {shape[1]}, channels {shape[2]}, kernel {shape[3]}, "
                   f"{jnp.dtype(dtype).name}: shifted {ms['shifted']:.2f}, lax {ms['lax']:.2f}, "

@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["grouped_conv1d", "is_depthwise"]
+__all__ = ["grouped_conv1d", "is_depthwise", "lax_conv1d"]
 
 
 def is_depthwise(in_channels: int, weight_shape: tuple[int, int, int]) -> bool:
@@ -42,6 +42,16 @@ def grouped_conv1d(
     :func:`unitscale.op_args.conv1d_args` checked them."""
     if is_depthwise(x.shape[-1], weight.shape):
         return _depthwise(x, weight, stride, padding, dilation, accumulate)
+    return lax_conv1d(x, weight, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      accumulate=accumulate)
+
+
+def lax_conv1d(
+    x: jax.Array, weight: jax.Array, *, stride: int, padding: tuple[int, int], dilation: int, groups: int,
+    accumulate: jnp.dtype,
+) -> jax.Array:
+    """The same convolution through ``lax.conv_general_dilated`` for every grouping (the reference the
+    depthwise form is tested and benchmarked against)."""
     return jax.lax.conv_general_dilated(
         x, weight, window_strides=(stride,), padding=[padding], rhs_dilation=(dilation,),
         dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups, preferred_element_type=accumulate,

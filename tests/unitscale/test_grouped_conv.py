@@ -7,13 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unitscale.grouped_conv import grouped_conv1d, is_depthwise
-
-
-def _lax(x, w, stride, padding, dilation, groups, accumulate):
-    return jax.lax.conv_general_dilated(
-        x, w, window_strides=(stride,), padding=[padding], rhs_dilation=(dilation,),
-        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups, preferred_element_type=accumulate)
+from unitscale.grouped_conv import grouped_conv1d, is_depthwise, lax_conv1d
 
 
 def _value_and_grads(conv, x, w, seed):
@@ -38,7 +32,7 @@ def test_depthwise_as_shifted_products_is_laxs_grouped_convolution(kernel, strid
     options = dict(stride=stride, padding=padding, dilation=dilation, groups=channels, accumulate=jnp.float32)
     assert is_depthwise(channels, w.shape)
     ours = _value_and_grads(lambda x, w: grouped_conv1d(x, w, **options), x, w, seed + 2)
-    theirs = _value_and_grads(lambda x, w: _lax(x, w, **options), x, w, seed + 2)
+    theirs = _value_and_grads(lambda x, w: lax_conv1d(x, w, **options), x, w, seed + 2)
     assert ours[0].dtype == jnp.float32 and ours[0].shape == theirs[0].shape
     for a, b in zip(ours, theirs):
         assert a.dtype == b.dtype
@@ -54,4 +48,4 @@ def test_other_groupings_are_laxs_convolution_bit_for_bit():
         w = jax.random.normal(jax.random.key(1), w_shape)
         assert not is_depthwise(8, w_shape)
         options = dict(stride=1, padding=(2, 0), dilation=1, groups=groups, accumulate=jnp.float32)
-        np.testing.assert_array_equal(grouped_conv1d(x, w, **options), _lax(x, w, **options))
+        np.testing.assert_array_equal(grouped_conv1d(x, w, **options), lax_conv1d(x, w, **options))
