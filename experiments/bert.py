@@ -45,7 +45,7 @@ from experiments.runner import expand_grid
 from experiments.stages import RunRecord, clear_stage, collect, load_spec_table, run_stage
 from experiments.sweep_cli import SweepPaths, SweepScript, report, sweep_script_main
 from experiments.tables import aggregate, format_cell, run_rows
-from experiments.variants import VARIANTS, check_variants
+from experiments.variants import VARIANTS, check_variants, in_table_order
 
 SPEC_PATH = Path(__file__).parent / "sweeps" / "bert.toml"
 
@@ -117,10 +117,11 @@ def _rows(stage: str, records: Sequence[RunRecord]) -> list[dict]:
 
 
 def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
-    """Test MLM loss and accuracy (95% CI) per stage and variant."""
+    """Test MLM loss and accuracy (95% CI) per stage and variant, in the variant table's order."""
     test = {(r["stage"], r["variant"], r["metric"]): r for r in table if r["split"] == "test"}
     lines = ["| stage | variant | test MLM loss (nats) | test MLM accuracy |", "|---|---|---|---|"]
-    for stage, variant in dict.fromkeys((s, v) for s, v, _ in test):
+    stages = dict.fromkeys(s for s, _, _ in test)
+    for stage, variant in ((s, v) for s in stages for v in in_table_order(v for t, v, _ in test if t == s)):
         lines.append(f"| {stage} | {VARIANTS[variant].label} | {format_cell(test[stage, variant, 'loss'])} | "
                      f"{format_cell(test[stage, variant, 'accuracy'], digits=4)} |")
     return "\n".join(lines) + "\n"
@@ -141,7 +142,7 @@ def write_outputs(out: Path, profile: Profile, stages: Mapping[str, Sequence[Run
                                                            "diverged_at_step": r.result.get("diverged_at_step"),
                                                            **r.result.get("curves", {})}
                                      for stage, records in stages.items() for r in records if r.result})
-    variants = list(dict.fromkeys(r.config["variant"] for records in stages.values() for r in records))
+    variants = in_table_order(r.config["variant"] for records in stages.values() for r in records)
     results = {"experiment": "bert", "profile": profile.name, "settings": profile.train, "base_settings": profile.base,
                "variants": {v: VARIANTS[v].record() for v in variants},
                "runs": rows, "table": table, "problems": problems, "ci": ci_note("per-masked-character"),

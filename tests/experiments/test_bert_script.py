@@ -113,6 +113,18 @@ def test_loss_counts_only_masked_characters():
     assert math.isfinite(float(jnp.asarray(loss)))
 
 
+def test_the_table_lists_each_stage_in_the_variant_tables_order_whatever_order_the_spec_ran():
+    def cell(stage, variant, metric, mean):
+        return {"stage": stage, "variant": variant, "split": "test", "metric": metric, "mean": mean, "ci95": 0.01,
+                "ci_kind": "tokens", "completed": 1, "runs": 1, "diverged": 0, "diverged_at_steps": []}
+    ran = [("grid", "fp16p-standard"), ("grid", "fp8-unit"), ("grid", "fp32-standard"), ("base", "fp8-unit-attn32")]
+    table = [cell(s, v, m, 1.0 + i) for i, (s, v) in enumerate(ran) for m in ("loss", "accuracy")]
+    lines = bert.markdown_table(table).splitlines()[2:]
+    labels = [line.split(" | ")[:2] for line in lines]
+    assert labels == [["| grid", "FP32 standard"], ["| grid", "FP8 unit-scaled, no scaling"],
+                      ["| grid", "FP16 stored, standard, no loss scaling"], ["| base", "FP8 unit-scaled, α_attn 32"]]
+
+
 def test_full_spec_pretrains_the_required_variants_and_a_bert_base():
     profile = bert.load_profile(bert.SPEC_PATH, "full")
     variants = {c["variant"] for c in bert.grid_configs(profile)}
