@@ -94,6 +94,31 @@ def shift_paragraph(facts: Mapping) -> str:
             "scaling were consistent with FP32: the paper's central finding is not shown by this experiment.")
 
 
+# Table 1's row at the paper's own model, where the central finding is judged without a shift.
+CENTRAL_MODEL = "attention pre-norm"
+
+
+def central_paragraph(charlm: Mapping, shift: Mapping) -> str | None:
+    """The paper's central finding (FP16 standard without loss scaling fails; loss scaling and unit
+    scaling do not) where both experiments test it: Table 1's :data:`CENTRAL_MODEL` row, and the
+    backward pass shifted by 2^-k. None when Table 1 has no such cell."""
+    cell = next((f for f in charlm["findings"]
+                 if f["finding"] == "fp16-degrades" and f["variant"] == CENTRAL_MODEL), None)
+    if cell is None:
+        return None
+    parts = [f"In Table 1, {cell['text']} [{cell['outcome']}]."]
+    shown = shift["shown_at"]
+    if not shown:
+        parts.append("No backward shift shows the failure either.")
+    elif cell["outcome"] in HELD:
+        parts.append(f"The shift experiment shows it too, at k in {shown}.")
+    else:
+        parts.append(f"In the shift experiment it is degraded beyond its interval at k in {shown} while loss scaling "
+                     "and unit scaling stay consistent with FP32: the failure appears once that model's gradients "
+                     "are 2^k times smaller than its own.")
+    return " ".join(parts)
+
+
 PARAGRAPHS = {
     "charlm": lambda f: findings_paragraph("Character-level LMs", f["findings"]),
     "shift": shift_paragraph,
@@ -106,6 +131,9 @@ PARAGRAPHS = {
 
 def build(ctx: Context, sections: Sequence[Section]) -> Section:
     items = []
+    facts = {s.key: s.facts for s in sections if s.missing is None}
+    if "charlm" in facts and "shift" in facts and (central := central_paragraph(facts["charlm"], facts["shift"])):
+        items.append("**The paper's central finding.** " + central)
     for s in sections:
         if s.missing is not None:
             items.append(f"{s.title}: **results missing**, nothing is concluded ({s.missing}).")

@@ -414,6 +414,24 @@ def test_shift_section_shows_the_finding_where_the_intervals_say_so(complete):
     assert "At shift k = 12" in paper and "degraded beyond its interval at k in [12]" in paper
 
 
+def test_the_discussion_opens_with_the_central_finding_from_table_1_and_the_shift(complete):
+    _, _, paper = complete
+    discussion = paper[paper.index(". Discussion"):]
+    central = discussion[discussion.index("**The paper's central finding.**"):].split("\n")[0]
+    assert "In Table 1, attention pre-norm, FP16 stored, standard, no loss scaling against FP32 standard" in central
+    assert "[reproduced]" in central and "The shift experiment shows it too, at k in [12]." in central
+
+
+def test_the_central_finding_says_when_only_smaller_gradients_show_it():
+    from paper.sections.discussion import central_paragraph
+    cell = {"finding": "fp16-degrades", "variant": "attention pre-norm", "text": "T", "outcome": "not reproduced"}
+    text = central_paragraph({"findings": [cell]}, {"shown_at": [6, 8]})
+    assert text.startswith("In Table 1, T [not reproduced].") and "at k in [6, 8]" in text
+    assert "the failure appears once that model's gradients are 2^k times smaller" in text
+    assert "No backward shift" in central_paragraph({"findings": [cell]}, {"shown_at": []})
+    assert central_paragraph({"findings": [{**cell, "variant": "conv pre-norm"}]}, {"shown_at": [6]}) is None
+
+
 def test_shift_section_says_when_the_finding_is_not_shown(tmp_path):
     results = make_results(tmp_path / "results")
     _shift(results, {**SHIFT_BPC, ("fp16-unit", 12): 2.30})  # unit scaling degraded too
