@@ -111,11 +111,11 @@ def central_paragraph(charlm: Mapping, shift: Mapping) -> str | None:
     if not shown:
         parts.append("No backward shift shows the failure either.")
     elif cell["outcome"] in HELD:
-        parts.append(f"The shift experiment shows it too, at k in {shown}.")
+        parts.append(f"The shift experiment's FP16 standard model without loss scaling fails too, at k in {shown}.")
     else:
-        parts.append(f"In the shift experiment it is degraded beyond its interval at k in {shown} while loss scaling "
-                     "and unit scaling stay consistent with FP32: the failure appears once that model's gradients "
-                     "are 2^k times smaller than its own.")
+        parts.append(f"In the shift experiment, FP16 standard without loss scaling is degraded beyond its interval at "
+                     f"k in {shown} while loss scaling and unit scaling stay consistent with FP32: the failure appears "
+                     "once that model's gradients are 2^k times smaller than its own.")
     return " ".join(parts)
 
 

@@ -419,7 +419,7 @@ def test_the_discussion_opens_with_the_central_finding_from_table_1_and_the_shif
     discussion = paper[paper.index(". Discussion"):]
     central = discussion[discussion.index("**The paper's central finding.**"):].split("\n")[0]
     assert "In Table 1, attention pre-norm, FP16 stored, standard, no loss scaling against FP32 standard" in central
-    assert "[reproduced]" in central and "The shift experiment shows it too, at k in [12]." in central
+    assert "[reproduced]" in central and "without loss scaling fails too, at k in [12]." in central
 
 
 def test_the_central_finding_says_when_only_smaller_gradients_show_it():
