@@ -120,10 +120,10 @@ def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
     """Test MLM loss and accuracy (95% CI) per stage and variant, in the variant table's order."""
     test = {(r["stage"], r["variant"], r["metric"]): r for r in table if r["split"] == "test"}
     lines = ["| stage | variant | test MLM loss (nats) | test MLM accuracy |", "|---|---|---|---|"]
-    stages = dict.fromkeys(s for s, _, _ in test)
-    for stage, variant in ((s, v) for s in stages for v in in_table_order(v for t, v, _ in test if t == s)):
-        lines.append(f"| {stage} | {VARIANTS[variant].label} | {format_cell(test[stage, variant, 'loss'])} | "
-                     f"{format_cell(test[stage, variant, 'accuracy'], digits=4)} |")
+    for stage in dict.fromkeys(s for s, _, _ in test):
+        for variant in in_table_order(v for s, v, _ in test if s == stage):
+            lines.append(f"| {stage} | {VARIANTS[variant].label} | {format_cell(test[stage, variant, 'loss'])} | "
+                         f"{format_cell(test[stage, variant, 'accuracy'], digits=4)} |")
     return "\n".join(lines) + "\n"
 
 
